@@ -1,0 +1,282 @@
+"""The contracts every component (algorithm, attack, shift, dataset) implements.
+
+Plugins register *classes* deriving from these bases through the ``register``
+callbacks of the hooks in :mod:`bench.hookspecs`. The harness instantiates them
+with strict options (unknown keys are an error) and records their provenance
+(providing distribution and version) in every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import pydantic
+import torch
+from torch import Tensor
+
+from bench.errors import OptionsError
+
+Params = dict[str, Tensor]
+"""Meta-parameters: a flat dict of tensors (``torch.func.functional_call`` style)."""
+
+
+class Options(pydantic.BaseModel):
+    """Base of every component's options: strict, immutable, JSON-serialisable."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a registered component comes from.
+
+    :param plugin: the plugin (entry-point) name that registered it.
+    :param distribution: the installed distribution providing that plugin.
+    :param version: the distribution's version.
+    """
+
+    plugin: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    """Shape of an N-way K-shot episode.
+
+    :param n_way: classes per episode.
+    :param k_shot: support images per class.
+    :param n_query: query images per class.
+    :param image_shape: ``(C, H, W)`` of one image.
+    """
+
+    n_way: int
+    k_shot: int
+    n_query: int
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+
+    def __post_init__(self) -> None:
+        for name in ("n_way", "k_shot", "n_query"):
+            if int(getattr(self, name)) < 1:
+                raise OptionsError(f"Episode spec {name}={getattr(self, name)} must be >= 1.")
+
+    @property
+    def n_support(self) -> int:
+        return self.n_way * self.k_shot
+
+    @property
+    def n_query_total(self) -> int:
+        return self.n_way * self.n_query
+
+    def replace(self, **changes: Any) -> "EpisodeSpec":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class Episode:
+    """One episode, or a batch of them with a leading episode dim ``E``.
+
+    Images are float in [0, 1], ``[(E,) n, C, H, W]``; labels are int64 in
+    ``[0, n_way)``, ``[(E,) n]``. Support and query are class-major.
+    """
+
+    x_support: Tensor
+    y_support: Tensor
+    x_query: Tensor
+    y_query: Tensor
+
+    def to(self, device: torch.device | str) -> "Episode":
+        return Episode(*(t.to(device) for t in self.tensors()))
+
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return (self.x_support, self.y_support, self.x_query, self.y_query)
+
+    def __getitem__(self, i: int | slice) -> "Episode":
+        return Episode(*(t[i] for t in self.tensors()))
+
+
+class Component:
+    """Base of all components: an ``id``, a ``version`` and strict ``Options``.
+
+    :cvar id: kebab-case id, stable forever; variants get their own id.
+    :cvar version: bump whenever the component's outputs may change.
+    :cvar Options: a :class:`Options` subclass; unknown keys are an error.
+    """
+
+    id: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Options: ClassVar[type[Options]] = Options
+    kind: ClassVar[str] = "component"
+    #: Set by the registry when the class is registered.
+    provenance: ClassVar[Provenance | None] = None
+
+    def __init__(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        values = {**(options or {}), **kwargs}
+        try:
+            self.options = self.Options(**values)
+        except pydantic.ValidationError as exc:
+            known = ", ".join(f"{k} (default {f.default!r})" for k, f in self.Options.model_fields.items())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '?'}: {e['msg']}" for e in exc.errors()
+            )
+            raise OptionsError(
+                f"Invalid options for {self.kind} {self.id!r}: {problems}.",
+                f"Known options: {known or '(none)'}.",
+            ) from None
+
+    def describe(self) -> dict[str, Any]:
+        """The id, version, options and provenance that go into a result entry."""
+        prov = self.provenance
+        return {
+            "id": self.id,
+            "version": self.version,
+            "options": self.options.model_dump(mode="json"),
+            "distribution": prov.distribution if prov else None,
+            "distribution_version": prov.version if prov else None,
+        }
+
+
+class Algorithm(Component):
+    """A meta-learner as three pure functions.
+
+    ``adapt`` and ``predict`` are pure functions of their inputs (no hidden state, no
+    in-place changes to arguments), differentiable with respect to every tensor
+    input (attacks need gradients through adaptation) and ``torch.func.vmap``-safe
+    over a leading episode dim. The harness decides whether to ``vmap`` them or to
+    loop over episodes (see :mod:`bench.execution`).
+
+    :cvar transductive: whether a query's logits depend on the other queries.
+        A non-transductive algorithm must give each query the same logits alone and
+        in a batch (contract test); transductive entries are ranked separately.
+    :cvar bn_policy: one line saying how normalisation statistics are computed.
+    """
+
+    kind: ClassVar[str] = "algorithm"
+    transductive: ClassVar[bool] = False
+    bn_policy: ClassVar[str] = "no batch normalisation"
+
+    def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
+        """Fresh meta-parameters for episodes of ``spec`` (deterministic under ``generator``).
+
+        :param spec: the episode spec the learner will be *evaluated* on; ``n_way``
+            sizes any classification head.
+        :param generator: a seeded CPU generator; the only source of randomness.
+        """
+        raise NotImplementedError
+
+    def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, train: bool = False) -> Any:
+        """Adapt to one episode's support set; returns a pytree of tensors (the state).
+
+        :param params: meta-parameters from :meth:`init` (or a checkpoint).
+        :param x_support: ``[n_way * k_shot, C, H, W]`` float in [0, 1].
+        :param y_support: ``[n_way * k_shot]`` int64 labels in ``[0, n_way)``.
+        :param train: ``True`` only inside the harness's meta-training step; lets an
+            algorithm use its training-time inner loop (e.g. fewer MAML steps).
+            Evaluation and attacks always call with ``train=False``.
+        """
+        raise NotImplementedError
+
+    def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
+        """Logits ``[n_query_total, n_way]`` for ``x_query`` given the adapted state."""
+        raise NotImplementedError
+
+    def train_defaults(self, spec: EpisodeSpec) -> "TrainDefaults":
+        """The outer-loop settings of the original paper for episodes of ``spec``."""
+        return TrainDefaults()
+
+    def param_groups(self, params: Params) -> list[dict[str, Any]]:
+        """Optimizer parameter groups; override to give some tensors their own lr."""
+        return [{"params": list(params.values())}]
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Outer-loop defaults an algorithm asks the harness for.
+
+    :param meta_batch: episodes per optimizer step.
+    :param lr: Adam learning rate.
+    :param lr_decay_every: halve-style step decay period in steps (0: none).
+    :param lr_decay: multiplicative decay applied every ``lr_decay_every`` steps.
+    :param steps: default number of outer steps.
+    :param train_way: ways of *training* episodes (ProtoNet trains with more ways
+        than it tests with); ``None`` keeps the suite's ``n_way``.
+    :param train_query: queries per class in training episodes (``None``: suite's).
+    """
+
+    meta_batch: int = 1
+    lr: float = 1e-3
+    lr_decay_every: int = 0
+    lr_decay: float = 0.5
+    steps: int = 2000
+    train_way: int | None = None
+    train_query: int | None = None
+
+
+class Dataset(Component):
+    """A class-split image dataset.
+
+    :cvar splits: the split names it provides, from ``meta-train``, ``meta-val``,
+        ``meta-test``.
+    :cvar needs_files: ``False`` for datasets generated without any file.
+    """
+
+    kind: ClassVar[str] = "dataset"
+    splits: ClassVar[tuple[str, ...]] = ("meta-train", "meta-val", "meta-test")
+    needs_files: ClassVar[bool] = True
+
+    def load(self, split: str, root: "Any | None" = None) -> "ImageSplit":
+        """Decode (or read from the cache) one split.
+
+        :param split: one of :attr:`splits`.
+        :param root: dataset root folder; ``None`` resolves ``MRBENCH_DATA`` and then
+            the per-user cache folder (see :func:`bench.data.resolve_root`).
+        :raises bench.errors.DataError: a missing or corrupt archive, naming the file
+            and the fix.
+        """
+        raise NotImplementedError
+
+    def fixed_episodes(self, split: str, root: "Any | None" = None) -> "Any | None":
+        """A dataset-defined fixed episode set (e.g. Lake's 20 runs), else ``None``."""
+        return None
+
+
+@dataclass
+class ImageSplit:
+    """One split of a dataset, in memory.
+
+    :param images: uint8 ``[N, C, H, W]``, strokes bright on a dark background.
+    :param labels: int64 ``[N]`` class index in ``[0, n_classes)``, non-decreasing
+        (images of a class are contiguous).
+    :param class_names: ``n_classes`` stable names (e.g. ``Alphabet/character07/rot090``).
+    :param groups: per-class group name (the alphabet), or ``None``.
+    :param revision: digest of the decoded content of this split.
+    """
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    groups: list[str] | None = None
+    revision: str = ""
+    offsets: Tensor = field(init=False)
+    counts: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.numel() and bool((self.labels[1:] < self.labels[:-1]).any()):
+            raise ValueError("labels must be non-decreasing (images grouped by class)")
+        counts = torch.bincount(self.labels, minlength=len(self.class_names))
+        if counts.numel() != len(self.class_names):
+            raise ValueError("labels exceed the number of class names")
+        self.counts = counts
+        self.offsets = torch.cumsum(counts, 0) - counts
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def to(self, device: torch.device | str) -> "ImageSplit":
+        out = ImageSplit(self.images.to(device), self.labels.to(device), self.class_names, self.groups, self.revision)
+        return out
