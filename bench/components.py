@@ -166,12 +166,14 @@ class Algorithm(Component):
         """
         raise NotImplementedError
 
-    def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, train: bool = False) -> Any:
+    def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, n_way: int, train: bool = False) -> Any:
         """Adapt to one episode's support set; returns a pytree of tensors (the state).
 
         :param params: meta-parameters from :meth:`init` (or a checkpoint).
-        :param x_support: ``[n_way * k_shot, C, H, W]`` float in [0, 1].
-        :param y_support: ``[n_way * k_shot]`` int64 labels in ``[0, n_way)``.
+        :param x_support: ``[n_support, C, H, W]`` float in [0, 1].
+        :param y_support: ``[n_support]`` int64 labels in ``[0, n_way)``.
+        :param n_way: the number of classes; passed explicitly because shapes must be
+            static under ``vmap`` (it cannot be read off ``y_support`` there).
         :param train: ``True`` only inside the harness's meta-training step; lets an
             algorithm use its training-time inner loop (e.g. fewer MAML steps).
             Evaluation and attacks always call with ``train=False``.
@@ -181,6 +183,16 @@ class Algorithm(Component):
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
         """Logits ``[n_query_total, n_way]`` for ``x_query`` given the adapted state."""
         raise NotImplementedError
+
+    def loss(self, params: Params, episode: Episode, *, n_way: int) -> Tensor:
+        """Meta-training loss of one episode (the harness's default step averages it).
+
+        Default: cross-entropy of the adapted learner's query logits, adapting with
+        ``train=True``. Override only where an algorithm trains on another objective.
+        """
+        state = self.adapt(params, episode.x_support, episode.y_support, n_way=n_way, train=True)
+        logits = self.predict(params, state, episode.x_query)
+        return torch.nn.functional.cross_entropy(logits, episode.y_query)
 
     def train_defaults(self, spec: EpisodeSpec) -> "TrainDefaults":
         """The outer-loop settings of the original paper for episodes of ``spec``."""

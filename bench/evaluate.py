@@ -1,0 +1,194 @@
+"""Standardized evaluation: a checkpoint on a suite's fixed episodes -> a result entry.
+
+Episodes are processed in chunks; every finished chunk's per-episode results are
+appended to ``RESULT.episodes.partial.jsonl`` before the next starts, so an
+interrupted evaluation resumes where it stopped and loses nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from bench.checkpoint import atomic_write_text, load_final
+from bench.episodes import gather
+from bench.errors import MrbenchError
+from bench.execution import Execution, pick_device, plan, predict_episodes
+from bench.progress import NullReporter, Reporter
+from bench.provenance import digest, environment, peak_memory_bytes
+from bench.suites import Suite, get_suite
+
+SCHEMA_VERSION = 1
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the 95% CI half-width ``1.96 * sd / sqrt(n)`` (sample sd)."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n == 1:
+        return m, float("nan")
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return m, 1.96 * math.sqrt(var) / math.sqrt(n)
+
+
+def episodes_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".json") + ".episodes.csv")
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(out.name.removesuffix(".json") + ".episodes.partial.jsonl")
+
+
+def evaluate(
+    algorithm: str | None,
+    suite: str | Suite,
+    checkpoint: str | Path,
+    *,
+    out: str | Path | None = None,
+    n_episodes: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    data_root: str | Path | None = None,
+    registry: Any = None,
+    reporter: Reporter | None = None,
+    execution: Execution | None = None,
+    chunk_episodes: int = 25,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
+
+    :param algorithm: the algorithm id; must match the checkpoint's (``None``: take it
+        from the checkpoint).
+    :param suite: suite id or :class:`Suite`.
+    :param checkpoint: a file written by :func:`bench.train`.
+    :param out: where to write the result entry JSON (per-episode results go next to
+        it as ``*.episodes.csv``); ``None`` writes nothing and cannot resume.
+    :param n_episodes: evaluate only the first ``n`` of the suite's episodes.
+    :param options: overrides of the checkpoint's algorithm options (e.g. test-time
+        inner steps); recorded in the entry.
+    """
+    from bench.plugins import get_registry
+    from bench.suites import suite_manifest
+
+    registry = registry or get_registry()
+    suite = get_suite(suite) if isinstance(suite, str) else suite
+    reporter = reporter or NullReporter()
+    dev = pick_device(device)
+    ex = execution or plan(dev)
+    started = time.perf_counter()
+
+    params, meta, ckpt_sha = load_final(Path(checkpoint))
+    trained_id = meta["algorithm"]["id"]
+    if algorithm is not None and algorithm != trained_id:
+        raise MrbenchError(f"Checkpoint {checkpoint} was trained for {trained_id!r}, not {algorithm!r}.",
+                           f"Evaluate it as `mrbench evaluate {trained_id} ...`, or pass the right checkpoint.")
+    algo = registry.create("algorithm", trained_id, {**meta["algorithm"]["options"], **(options or {})})
+    params = {k: v.to(dev) for k, v in params.items()}
+
+    manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes)
+    split = split.to(dev)
+    spec = manifest.spec
+    key = digest({"ckpt": ckpt_sha, "manifest": manifest.sha256(), "options": algo.options.model_dump(mode="json"),
+                  "revision": split.revision})
+
+    done: dict[int, tuple[int, int]] = {}
+    partial = _partial_path(Path(out)) if out else None
+    if partial is not None and partial.exists():
+        lines = partial.read_text().splitlines()
+        if lines and json.loads(lines[0]).get("key") == key:
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash: recompute from there
+                done[int(rec["episode"])] = (int(rec["correct"]), int(rec["total"]))
+        else:
+            partial.unlink()
+    if partial is not None and not partial.exists():
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps({"key": key}) + "\n")
+
+    E = manifest.n_episodes
+    todo = [e for e in range(E) if e not in done]
+    reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
+    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
+    try:
+        for i in range(0, len(todo), chunk_episodes):
+            ids = todo[i : i + chunk_episodes]
+            episodes = gather(split, manifest[torch.tensor(ids)].to(dev))
+            logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
+            correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
+            total = episodes.y_query.shape[-1]
+            lines = []
+            for e, c in zip(ids, correct):
+                done[e] = (int(c), int(total))
+                lines.append(json.dumps({"episode": e, "correct": int(c), "total": int(total)}))
+            if partial is not None:
+                with open(partial, "a") as f:
+                    f.write("\n".join(lines) + "\n")
+            reporter.advance(len(ids), acc=sum(c for c, _ in done.values()) / max(1, sum(t for _, t in done.values())))
+    except KeyboardInterrupt:
+        reporter.stop()
+        where = f"; {len(done)}/{E} episodes saved to {partial}" if partial else ""
+        raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    reporter.stop()
+
+    accs = [done[e][0] / done[e][1] for e in range(E)]
+    acc, ci = mean_ci95(accs)
+    entry = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "mrbench-result",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": {"id": suite.id, "version": suite.version, "manifest_sha256": manifest.sha256(),
+                  "n_episodes": E, "spec": {"n_way": spec.n_way, "k_shot": spec.k_shot, "n_query": spec.n_query}},
+        "dataset": {"id": suite.test.dataset, "options": dataset.options.model_dump(mode="json"),
+                    "split": suite.test.split, "revision": split.revision},
+        "algorithm": {**algo.describe(), "transductive": bool(algo.transductive), "bn_policy": algo.bn_policy},
+        "checkpoint": {"sha256": ckpt_sha, "file": Path(checkpoint).name},
+        "training": {k: meta.get(k) for k in ("suite", "train_data", "train_spec", "steps", "seed", "meta_batch", "lr",
+                                               "lr_decay_every", "lr_decay", "episodes_seen", "wall_time_s",
+                                               "adversarial")}
+        | {"device": meta.get("environment", {}).get("device")},
+        "metrics": {"clean": {"accuracy": acc, "ci95": ci, "n_episodes": E, "n_queries": sum(t for _, t in done.values())}},
+        "sanity": {},
+        "unreliable": False,
+        "environment": environment(dev),
+        "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "peak_memory_bytes": peak_memory_bytes(dev),
+        "episodes_file": None,
+    }
+    if out is not None:
+        out = Path(out)
+        ep_path = episodes_path(out)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
+        for e in range(E):
+            c, t = done[e]
+            w.writerow([e, "clean", c, t, repr(c / t)])
+        atomic_write_text(ep_path, buf.getvalue())
+        entry["episodes_file"] = ep_path.name
+        atomic_write_text(out, json.dumps(entry, indent=2) + "\n")
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+    return entry
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

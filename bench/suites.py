@@ -1,0 +1,156 @@
+"""Suites: frozen evaluation protocols, read from ``leaderboards/<suite>/v<N>/suite.toml``.
+
+A suite fixes the dataset and split, the episode spec, the number of episodes and
+the seed; the manifest those determine is pinned by its sha256 in the file, and
+any change that can move a number bumps the version (a new folder, a new table).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.components import EpisodeSpec
+from bench.errors import MrbenchError, UnknownComponentError
+
+if TYPE_CHECKING:
+    from bench.components import Dataset, ImageSplit
+    from bench.episodes import Manifest
+    from bench.plugins import Registry
+
+
+@dataclass(frozen=True)
+class DataRef:
+    """A dataset id, its options and a split name."""
+
+    dataset: str
+    split: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A versioned evaluation protocol.
+
+    :param id: suite id (kebab-case).
+    :param version: MAJOR version; tables never mix versions.
+    :param spec: the test episode spec.
+    :param n_episodes: test episodes (ignored when the dataset defines fixed episodes).
+    :param seed: manifest seed.
+    :param train: the data meta-training draws from.
+    :param test: the data the fixed test episodes come from.
+    :param manifest_sha256: pinned digest of the test manifest (``None`` until pinned).
+    :param fixed_episodes: take the dataset's own episode set (Lake's runs).
+    :param train_query: queries per class in meta-training episodes (default: the test spec's).
+    :param path: the file it was read from.
+    """
+
+    id: str
+    version: int
+    description: str
+    spec: EpisodeSpec
+    n_episodes: int
+    seed: int
+    train: DataRef
+    test: DataRef
+    manifest_sha256: str | None = None
+    fixed_episodes: bool = False
+    train_query: int | None = None
+    path: Path | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.id}@v{self.version}"
+
+
+def suites_dirs() -> list[Path]:
+    """Folders searched for suites: ``MRBENCH_SUITES`` (os.pathsep-separated), then the
+    repository's ``leaderboards/``."""
+    dirs = [Path(p) for p in os.environ.get("MRBENCH_SUITES", "").split(os.pathsep) if p]
+    dirs.append(Path(__file__).resolve().parents[1] / "leaderboards")
+    return dirs
+
+
+def _parse(path: Path) -> Suite:
+    try:
+        raw = tomllib.loads(path.read_text())
+        ep = raw["episodes"]
+        return Suite(
+            id=raw["id"],
+            version=int(raw["version"]),
+            description=raw.get("description", ""),
+            spec=EpisodeSpec(int(ep["n_way"]), int(ep["k_shot"]), int(ep["n_query"])),
+            n_episodes=int(ep["n_episodes"]),
+            seed=int(ep["seed"]),
+            train=DataRef(raw["train"]["dataset"], raw["train"]["split"], dict(raw["train"].get("options", {}))),
+            test=DataRef(raw["test"]["dataset"], raw["test"]["split"], dict(raw["test"].get("options", {}))),
+            manifest_sha256=raw["test"].get("manifest_sha256"),
+            fixed_episodes=bool(raw["test"].get("fixed_episodes", False)),
+            train_query=raw["train"].get("n_query"),
+            path=path,
+        )
+    except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
+        raise MrbenchError(f"Suite file {path} is invalid: {type(exc).__name__}: {exc}.",
+                           "Compare it with a suite under leaderboards/ (fields id, version, [episodes], [train], [test]).") from None
+
+
+def all_suites() -> dict[str, Suite]:
+    """Every suite found, keyed by ``id@vN``; the bare ``id`` maps to its latest version."""
+    found: dict[str, Suite] = {}
+    for root in suites_dirs():
+        for path in sorted(root.glob("*/v*/suite.toml")):
+            s = _parse(path)
+            found.setdefault(s.ref, s)
+    latest: dict[str, Suite] = {}
+    for s in found.values():
+        if s.id not in latest or s.version > latest[s.id].version:
+            latest[s.id] = s
+    return {**found, **latest}
+
+
+def get_suite(name: str) -> Suite:
+    """Look a suite up by ``id`` (latest version) or ``id@vN``."""
+    suites = all_suites()
+    if name not in suites:
+        raise UnknownComponentError("suite", name, sorted(k for k in suites if "@" not in k))
+    return suites[name]
+
+
+def load_data(ref: DataRef, registry: "Registry", root: str | Path | None = None) -> tuple["Dataset", "ImageSplit"]:
+    """Instantiate the dataset of ``ref`` through the registry and load its split."""
+    dataset = registry.create("dataset", ref.dataset, ref.options)
+    splits = getattr(dataset, "splits", ())
+    if ref.split not in splits:
+        raise MrbenchError(f"Dataset {ref.dataset!r} has no split {ref.split!r}.", f"Its splits: {', '.join(splits)}.")
+    return dataset, dataset.load(ref.split, root)
+
+
+def suite_manifest(suite: Suite, registry: "Registry", root: str | Path | None = None,
+                   n_episodes: int | None = None) -> tuple["Manifest", "ImageSplit", "Dataset"]:
+    """The suite's fixed test manifest and the split it indexes.
+
+    The regenerated manifest is checked against the hash the suite file pins, so a
+    changed sampler or dataset cannot silently move a number.
+    """
+    from bench.episodes import make_manifest
+
+    dataset, split = load_data(suite.test, registry, root)
+    if suite.fixed_episodes:
+        manifest = dataset.fixed_episodes(suite.test.split, root)
+        if manifest is None:
+            raise MrbenchError(f"Suite {suite.ref} asks for fixed episodes but dataset {suite.test.dataset!r} defines none.")
+    else:
+        manifest = make_manifest(split, suite.spec, suite.n_episodes, suite.seed)
+    if suite.manifest_sha256 and manifest.sha256() != suite.manifest_sha256:
+        raise MrbenchError(
+            f"The test manifest of suite {suite.ref} hashes to {manifest.sha256()}, but {suite.path} pins "
+            f"{suite.manifest_sha256}: the dataset decoding or the episode sampler changed.",
+            "Numbers from this run would not be comparable with the suite's table: restore the original "
+            "data/code, or publish a new suite version.",
+        )
+    if n_episodes is not None and n_episodes < manifest.n_episodes:
+        manifest = manifest[:n_episodes]  # a prefix of the fixed episodes, still comparable episode by episode
+    return manifest, split, dataset
