@@ -42,7 +42,8 @@ def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    # soft_wrap: never break a printed path across lines (people copy them).
+    return Console(stderr=stderr, soft_wrap=True)
 
 
 def _reporter(unit: str, quiet: bool):
@@ -239,7 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MrbenchError as exc:
-        _console(stderr=True).print(f"[bold red]mrbench: error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[bold red]mrbench: error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mrbench: interrupted.", file=sys.stderr)

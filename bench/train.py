@@ -157,18 +157,21 @@ def train(
         raise MrbenchError(f"{partial_path(out)} is at step {start}, past --steps {steps}.",
                            "Ask for at least as many steps, or delete the resume file.")
 
-    def checkpoint_partial(step: int, spent: float) -> None:
+    def checkpoint_partial(step: int, spent: float, gen_state: torch.Tensor) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"config_key": key, "step": step, "elapsed_s": spent, "losses": losses[-1000:],
                      "params": {k: v.detach().cpu() for k, v in params.items()},
-                     "optimizer": optimizer.state_dict(), "generator": gen.get_state()}, partial_path(out))
+                     "optimizer": optimizer.state_dict(), "generator": gen_state}, partial_path(out))
 
     reporter.start(steps, f"train {algo.id} on {suite.id}", completed=start)
     t0, last_save, step = time.perf_counter(), time.perf_counter(), start
     # SIGTERM (a killed job) is turned into KeyboardInterrupt so it saves too.
     old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
+    gen_state = gen.get_state()
     try:
         while step < steps:
+            # The stream position at the start of the step: an interrupted step is redone exactly.
+            gen_state = gen.get_state()
             if cfg.lr_decay_every:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
@@ -183,10 +186,10 @@ def train(
             losses.append(loss)
             reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
             if time.perf_counter() - last_save > save_every_s and step < steps:
-                checkpoint_partial(step, elapsed + time.perf_counter() - t0)
+                checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen.get_state())
                 last_save = time.perf_counter()
     except KeyboardInterrupt:
-        checkpoint_partial(step, elapsed + time.perf_counter() - t0)
+        checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen_state)
         reporter.stop()
         raise MrbenchError(f"Interrupted at step {step}/{steps}; progress saved to {partial_path(out)}.",
                            "Run the same command again to resume.") from None

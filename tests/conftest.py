@@ -27,3 +27,42 @@ def data_root() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root.resolve()
+
+
+TINY_SUITE = """
+id = "tiny-glyphs"
+version = 1
+description = "A tiny procedural-glyphs suite for fast tests."
+
+[episodes]
+n_way = 3
+k_shot = 1
+n_query = 4
+n_episodes = 12
+seed = 0
+
+[train]
+dataset = "procedural-glyphs"
+split = "meta-train"
+options = { n_alphabets = 10, classes_per_alphabet = 12, samples_per_class = 10 }
+
+[test]
+dataset = "procedural-glyphs"
+split = "meta-test"
+options = { n_alphabets = 10, classes_per_alphabet = 12, samples_per_class = 10 }
+"""
+
+
+@pytest.fixture(scope="session")
+def _tiny_suites_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("suites")
+    (root / "tiny-glyphs" / "v1").mkdir(parents=True)
+    (root / "tiny-glyphs" / "v1" / "suite.toml").write_text(TINY_SUITE)
+    return root
+
+
+@pytest.fixture
+def tiny_suite(_tiny_suites_dir, monkeypatch) -> str:
+    """The id of a tiny, file-free suite (3-way 1-shot, 12 episodes) made visible to the harness."""
+    monkeypatch.setenv("MRBENCH_SUITES", str(_tiny_suites_dir))
+    return "tiny-glyphs"

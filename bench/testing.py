@@ -1,0 +1,152 @@
+"""Contract checks every algorithm plugin must pass, shipped to plugin authors.
+
+Use them from your own tests::
+
+    from bench.testing import ALGORITHM_CHECKS
+
+    @pytest.mark.parametrize("check", ALGORITHM_CHECKS, ids=lambda c: c.__name__)
+    def test_contract(check):
+        check(MyAlgorithm())
+
+mrbench's own test suite runs them over every registered algorithm.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.components import Algorithm, Episode, EpisodeSpec
+from bench.errors import OptionsError
+from bench.execution import Execution, meta_loss_backward
+
+SPEC = EpisodeSpec(n_way=3, k_shot=2, n_query=2)
+
+
+def random_episodes(spec: EpisodeSpec = SPEC, n_episodes: int = 3, seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> Episode:
+    """Episodes of random images ``[E, ...]`` with class-major labels."""
+    g = torch.Generator().manual_seed(seed)
+    C, H, W = spec.image_shape
+    labels = torch.arange(spec.n_way)
+    return Episode(
+        torch.rand(n_episodes, spec.n_support, C, H, W, generator=g, dtype=dtype),
+        labels.repeat_interleave(spec.k_shot).expand(n_episodes, -1).contiguous(),
+        torch.rand(n_episodes, spec.n_query_total, C, H, W, generator=g, dtype=dtype),
+        labels.repeat_interleave(spec.n_query).expand(n_episodes, -1).contiguous(),
+    )
+
+
+def init_params(algo: Algorithm, spec: EpisodeSpec = SPEC, dtype: torch.dtype = torch.float32, seed: int = 0):
+    return {k: v.to(dtype) for k, v in algo.init(spec, torch.Generator().manual_seed(seed)).items()}
+
+
+def _logits(algo: Algorithm, params, ep: Episode, n_way: int) -> torch.Tensor:
+    return algo.predict(params, algo.adapt(params, ep.x_support, ep.y_support, n_way=n_way), ep.x_query)
+
+
+def check_init_deterministic(algo: Algorithm) -> None:
+    """``init`` depends only on its generator."""
+    a, b = init_params(algo, seed=3), init_params(algo, seed=3)
+    assert a.keys() == b.keys() and a, "init must return a non-empty dict of tensors"
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"init is not deterministic under its generator ({k})"
+
+
+def check_logits_shape(algo: Algorithm) -> None:
+    ep = random_episodes()[0]
+    out = _logits(algo, init_params(algo), ep, SPEC.n_way)
+    assert out.shape == (SPEC.n_query_total, SPEC.n_way), f"predict must return [n_query_total, n_way], got {tuple(out.shape)}"
+    assert torch.isfinite(out).all()
+
+
+def check_pure(algo: Algorithm) -> None:
+    """Same inputs, same outputs; inputs are not mutated."""
+    params = init_params(algo, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+    before = [t.clone() for t in ep.tensors()] + [v.clone() for v in params.values()]
+    first = _logits(algo, params, ep, SPEC.n_way)
+    second = _logits(algo, params, ep, SPEC.n_way)
+    assert torch.equal(first, second), "adapt/predict are not deterministic"
+    after = list(ep.tensors()) + list(params.values())
+    assert all(torch.equal(x, y) for x, y in zip(before, after)), "adapt/predict mutated an input"
+
+
+def check_vmap_matches_loop(algo: Algorithm) -> None:
+    """``torch.func.vmap`` over episodes gives the per-episode loop's logits."""
+    params = init_params(algo, dtype=torch.float64)
+    eps = random_episodes(dtype=torch.float64)
+    loop = torch.stack([_logits(algo, params, eps[e], SPEC.n_way) for e in range(eps.x_support.shape[0])])
+    batched = torch.func.vmap(lambda xs, ys, xq: algo.predict(params, algo.adapt(params, xs, ys, n_way=SPEC.n_way), xq))(
+        eps.x_support, eps.y_support, eps.x_query)
+    torch.testing.assert_close(batched, loop, rtol=1e-9, atol=1e-10)
+
+
+def check_input_gradients(algo: Algorithm) -> None:
+    """Gradients reach both the query and the support set through adaptation (attacks need both)."""
+    params = init_params(algo, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+    xs = ep.x_support.clone().requires_grad_(True)
+    xq = ep.x_query.clone().requires_grad_(True)
+    logits = algo.predict(params, algo.adapt(params, xs, ep.y_support, n_way=SPEC.n_way), xq)
+    gs, gq = torch.autograd.grad(F.cross_entropy(logits, ep.y_query), (xs, xq), allow_unused=True)
+    assert gq is not None and gq.abs().sum() > 0, "no gradient w.r.t. x_query"
+    assert gs is not None and gs.abs().sum() > 0, "no gradient w.r.t. x_support through adapt"
+
+
+def check_meta_gradient_batched_equals_loop(algo: Algorithm) -> None:
+    """The harness's batched (vmap) training path gives the per-episode loop's meta-gradient
+    (second order included), in float64. Guards e.g. native BatchNorm under vmap."""
+    eps = random_episodes(dtype=torch.float64)
+    grads = []
+    for strategy in ("loop", "vmap"):
+        params = {k: v.requires_grad_(True) for k, v in init_params(algo, dtype=torch.float64).items()}
+        meta_loss_backward(algo, params, eps, SPEC.n_way, Execution(strategy=strategy, chunk=2))
+        grads.append({k: (torch.zeros_like(v) if v.grad is None else v.grad) for k, v in params.items()})
+    assert any(g.abs().sum() > 0 for g in grads[0].values()), "the training loss has no gradient"
+    for k in grads[0]:
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-7, atol=1e-10, msg=f"meta-gradient differs for {k}")
+
+
+def check_query_independence(algo: Algorithm) -> None:
+    """A non-transductive algorithm gives each query the same logits alone and in a batch."""
+    if algo.transductive:
+        pytest.skip(f"{algo.id} declares itself transductive")
+    params = init_params(algo, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+    state = algo.adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
+    batch = algo.predict(params, state, ep.x_query)
+    for i in range(ep.x_query.shape[0]):
+        alone = algo.predict(params, state, ep.x_query[i : i + 1])
+        torch.testing.assert_close(alone[0], batch[i], rtol=1e-9, atol=1e-10,
+                                   msg=f"query {i} depends on the other queries; declare transductive = True")
+
+
+def check_strict_options(algo: Algorithm) -> None:
+    with pytest.raises(OptionsError):
+        type(algo)(no_such_option_xyz=1)
+
+
+def check_metadata(algo: Algorithm) -> None:
+    import re
+
+    assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", algo.id), "id must be kebab-case"
+    assert isinstance(algo.transductive, bool)
+    assert algo.bn_policy, "state the BatchNorm policy"
+    algo.options.model_dump(mode="json")  # options must serialise into result entries
+
+
+ALGORITHM_CHECKS: list[Callable[[Algorithm], None]] = [
+    check_metadata,
+    check_init_deterministic,
+    check_logits_shape,
+    check_pure,
+    check_vmap_matches_loop,
+    check_input_gradients,
+    check_meta_gradient_batched_equals_loop,
+    check_query_independence,
+    check_strict_options,
+]

@@ -1,0 +1,129 @@
+"""The Python API: train, evaluate, resume, provenance."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bench.evaluate as evaluate_mod
+import bench.train as train_mod
+from bench.errors import MrbenchError
+from bench.evaluate import evaluate
+from bench.execution import Execution
+from bench.train import train
+
+PROTO = {"train_way": None}
+
+
+def _train(out, suite, **kw):
+    kw.setdefault("steps", 4)
+    kw.setdefault("meta_batch", 2)
+    return train("protonet", suite, out, device="cpu", **kw)
+
+
+def test_train_writes_a_weights_only_checkpoint(tmp_path, tiny_suite):
+    res = _train(tmp_path / "p.pt", tiny_suite)
+    payload = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert payload["format"] == "mrbench-checkpoint"
+    assert set(payload["params"]) == set(res.meta and payload["params"])
+    side = json.loads((tmp_path / "p.pt.json").read_text())
+    assert side["sha256"] == res.sha256 and side["steps"] == 4 and side["algorithm"]["id"] == "protonet"
+    assert not (tmp_path / "p.pt.partial").exists()
+
+
+def test_train_is_idempotent_and_refuses_to_overwrite(tmp_path, tiny_suite):
+    first = _train(tmp_path / "p.pt", tiny_suite)
+    again = _train(tmp_path / "p.pt", tiny_suite)
+    assert again.already_done and again.sha256 == first.sha256
+    with pytest.raises(MrbenchError, match="different training run"):
+        _train(tmp_path / "p.pt", tiny_suite, seed=5)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_suite, monkeypatch):
+    reference = _train(tmp_path / "ref.pt", tiny_suite, steps=6)
+    real = train_mod.meta_loss_backward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "meta_loss_backward", flaky)
+    with pytest.raises(MrbenchError, match="Interrupted at step 3/6"):
+        _train(tmp_path / "p.pt", tiny_suite, steps=6)
+    assert (tmp_path / "p.pt.partial").exists() and not (tmp_path / "p.pt").exists()
+    resumed = _train(tmp_path / "p.pt", tiny_suite, steps=6)
+    assert resumed.resumed_from == 3
+    a = torch.load(tmp_path / "ref.pt", weights_only=True)["params"]
+    b = torch.load(tmp_path / "p.pt", weights_only=True)["params"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_evaluate_is_reproducible_and_writes_per_episode_results(tmp_path, tiny_suite):
+    _train(tmp_path / "p.pt", tiny_suite)
+    e1 = evaluate("protonet", tiny_suite, tmp_path / "p.pt", out=tmp_path / "r1.json", device="cpu")
+    e2 = evaluate("protonet", tiny_suite, tmp_path / "p.pt", out=tmp_path / "r2.json", device="cpu")
+    assert e1["suite"]["manifest_sha256"] == e2["suite"]["manifest_sha256"]
+    assert e1["metrics"] == e2["metrics"]
+    assert (tmp_path / "r1.episodes.csv").read_text() == (tmp_path / "r2.episodes.csv").read_text()
+    rows = (tmp_path / "r1.episodes.csv").read_text().splitlines()
+    assert rows[0] == "episode,scenario,correct,total,accuracy" and len(rows) == 1 + 12
+    accs = [float(r.split(",")[-1]) for r in rows[1:]]
+    assert sum(accs) / len(accs) == pytest.approx(e1["metrics"]["clean"]["accuracy"])
+    on_disk = json.loads((tmp_path / "r1.json").read_text())
+    assert on_disk["metrics"] == e1["metrics"]
+
+
+def test_result_entry_carries_provenance(tmp_path, tiny_suite):
+    res = _train(tmp_path / "p.pt", tiny_suite)
+    e = evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu")
+    assert e["schema_version"] == 1
+    assert e["checkpoint"]["sha256"] == res.sha256
+    assert e["algorithm"]["id"] == "protonet" and e["algorithm"]["distribution"] == "mrbench-metric"
+    assert e["algorithm"]["transductive"] is False
+    assert e["dataset"]["revision"] and e["suite"]["version"] == 1 and len(e["suite"]["manifest_sha256"]) == 64
+    for key in ("harness_version", "git_sha", "torch_version", "device"):
+        assert key in e["environment"]
+    assert e["training"]["steps"] == 4 and e["peak_memory_bytes"] > 0 and e["wall_time_s"] >= 0
+    m = e["metrics"]["clean"]
+    assert isinstance(m["accuracy"], float) and 0 <= m["accuracy"] <= 1 and m["n_episodes"] == 12
+
+
+def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_suite, monkeypatch):
+    _train(tmp_path / "p.pt", tiny_suite)
+    ref = evaluate(None, tiny_suite, tmp_path / "p.pt", out=tmp_path / "ref.json", device="cpu")
+    real = evaluate_mod.predict_episodes
+    seen = []
+
+    def flaky(algo, params, episodes, n_way, ex):
+        seen.append(episodes.x_support.shape[0])
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        return real(algo, params, episodes, n_way, ex)
+
+    monkeypatch.setattr(evaluate_mod, "predict_episodes", flaky)
+    with pytest.raises(MrbenchError, match="8/12 episodes saved"):
+        evaluate(None, tiny_suite, tmp_path / "p.pt", out=tmp_path / "r.json", device="cpu", chunk_episodes=4)
+    seen.clear()
+    e = evaluate(None, tiny_suite, tmp_path / "p.pt", out=tmp_path / "r.json", device="cpu", chunk_episodes=4)
+    assert seen == [4], "only the unfinished chunk is recomputed"
+    assert e["metrics"] == ref["metrics"]
+    assert not (tmp_path / "r.episodes.partial.jsonl").exists()
+
+
+def test_vmap_and_loop_execution_agree(tmp_path, tiny_suite):
+    train("maml", tiny_suite, tmp_path / "m.pt", steps=2, meta_batch=2, device="cpu")
+    loop = evaluate(None, tiny_suite, tmp_path / "m.pt", device="cpu", execution=Execution("loop"))
+    vmap = evaluate(None, tiny_suite, tmp_path / "m.pt", device="cpu", execution=Execution("vmap", chunk=5))
+    assert loop["metrics"]["clean"]["accuracy"] == pytest.approx(vmap["metrics"]["clean"]["accuracy"])
+
+
+def test_evaluate_rejects_a_checkpoint_of_another_algorithm(tmp_path, tiny_suite):
+    _train(tmp_path / "p.pt", tiny_suite)
+    with pytest.raises(MrbenchError, match="trained for 'protonet', not 'maml'"):
+        evaluate("maml", tiny_suite, tmp_path / "p.pt", device="cpu")
