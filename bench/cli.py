@@ -92,7 +92,7 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
 
     return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
-                 reporter=_reporter("steps", args.quiet))
+                 reporter=_reporter("steps", args.quiet), val_every=args.val_every)
 
 
 def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None):
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--meta-batch", type=int, default=None, help="episodes per step (default: the algorithm's)")
         sp.add_argument("--lr", type=float, default=None, help="outer Adam learning rate (default: the algorithm's)")
         sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="algorithm option (repeatable)")
+        sp.add_argument("--val-every", type=int, default=0, metavar="N",
+                        help="log meta-val accuracy every N steps to CKPT.log.jsonl (default: never)")
 
     sp = sub.add_parser("plugins", help="list plugins, their distributions and components")
     sp.add_argument("--json", action="store_true")

@@ -8,6 +8,7 @@ shifted training work for every algorithm that uses this default step.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import time
@@ -79,6 +80,8 @@ def train(
     reporter: Reporter | None = None,
     execution: Execution | None = None,
     save_every_s: float = 30.0,
+    val_every: int = 0,
+    val_episodes: int = 100,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on the meta-train split of ``suite``; write checkpoint ``out``.
 
@@ -98,6 +101,11 @@ def train(
     :param reporter: progress reporter (the CLI passes a rich progress bar).
     :param execution: how to run the batch (default: per device, see :mod:`bench.execution`).
     :param save_every_s: seconds between resume points.
+    :param val_every: every this many steps, evaluate on fixed episodes of the training
+        dataset's ``meta-val`` split (test spec) and log it; 0 = never. The curve goes
+        to ``out.log.jsonl`` and into the checkpoint's metadata; the checkpoint is
+        always the last step (no selection on validation).
+    :param val_episodes: episodes per validation.
     """
     algo, registry = _resolve(algorithm, options, registry)
     suite = get_suite(suite) if isinstance(suite, str) else suite
@@ -144,6 +152,31 @@ def train(
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
     start, elapsed, losses = 0, 0.0, []
 
+    val = None
+    if val_every:
+        from bench.episodes import gather, make_manifest
+        from bench.execution import predict_episodes
+
+        if "meta-val" in getattr(dataset, "splits", ()):
+            vsplit = dataset.load("meta-val", data_root).to(dev)
+            vman = make_manifest(vsplit, suite.spec, val_episodes, seed=12345)
+            val = (vsplit, gather(vsplit, vman.to(dev)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_path = out.with_name(out.name + ".log.jsonl")
+    curve: list[dict[str, Any]] = []
+
+    def validate(step: int, spent: float) -> None:
+        from bench.evaluate import mean_ci95
+
+        rec: dict[str, Any] = {"step": step, "elapsed_s": round(spent, 1), "loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+        if val is not None:
+            logits = predict_episodes(algo, params, val[1], suite.spec.n_way, plan(dev))
+            acc, ci = mean_ci95(((logits.argmax(-1) == val[1].y_query).float().mean(-1)).tolist())
+            rec.update(val_accuracy=acc, val_ci95=ci)
+        curve.append(rec)
+        with open(log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
     partial = load_partial(out)
     if partial is not None and partial.get("config_key") == key:
         with torch.no_grad():
@@ -153,6 +186,7 @@ def train(
         gen.set_state(partial["generator"])
         start, elapsed = int(partial["step"]), float(partial["elapsed_s"])
         losses = list(partial.get("losses", []))
+        curve = list(json.loads(partial.get("curve", "[]")))
     if start > steps:
         raise MrbenchError(f"{partial_path(out)} is at step {start}, past --steps {steps}.",
                            "Ask for at least as many steps, or delete the resume file.")
@@ -161,7 +195,8 @@ def train(
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({"config_key": key, "step": step, "elapsed_s": spent, "losses": losses[-1000:],
                      "params": {k: v.detach().cpu() for k, v in params.items()},
-                     "optimizer": optimizer.state_dict(), "generator": gen_state}, partial_path(out))
+                     "optimizer": optimizer.state_dict(), "generator": gen_state,
+                     "curve": json.dumps(curve)}, partial_path(out))
 
     reporter.start(steps, f"train {algo.id} on {suite.id}", completed=start)
     t0, last_save, step = time.perf_counter(), time.perf_counter(), start
@@ -185,6 +220,8 @@ def train(
             step += 1
             losses.append(loss)
             reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
+            if val_every and (step % val_every == 0 or step == steps):
+                validate(step, elapsed + time.perf_counter() - t0)
             if time.perf_counter() - last_save > save_every_s and step < steps:
                 checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen.get_state())
                 last_save = time.perf_counter()
@@ -219,6 +256,7 @@ def train(
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk},
         "environment": environment(dev),
         "adversarial": None,
+        "validation": curve,
     }
     sha = save_final(out, params, meta)
     partial_path(out).unlink(missing_ok=True)
