@@ -1,7 +1,7 @@
 """The ``mrbench`` command line: a thin layer over the Python API.
 
 It parses arguments, shows progress and writes files; everything else is
-:func:`bench.train.train`, :func:`bench.evaluate.evaluate` and the registry. Errors
+:func:`bench.train`, :func:`bench.evaluate` and the registry. Errors
 that users can fix (:class:`bench.errors.MrbenchError`) print as one paragraph with
 the fix and exit with status 2, without a traceback.
 """
@@ -88,7 +88,7 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, steps: int | None):
-    from bench.train import train
+    from bench.training import train
 
     return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
@@ -96,7 +96,7 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
 
 
 def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None):
-    from bench.evaluate import evaluate
+    from bench.evaluation import evaluate
 
     return evaluate(algorithm, suite, ckpt, out=out, n_episodes=args.episodes, options=options,
                     device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet))

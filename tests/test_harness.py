@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-import bench.evaluate as evaluate_mod
-import bench.train as train_mod
+import bench.evaluation as evaluate_mod
+import bench.training as train_mod
 from bench.errors import MrbenchError
-from bench.evaluate import evaluate
+from bench.evaluation import evaluate
 from bench.execution import Execution
-from bench.train import train
+from bench.training import train
 
 PROTO = {"train_way": None}
 
@@ -127,3 +127,13 @@ def test_evaluate_rejects_a_checkpoint_of_another_algorithm(tmp_path, tiny_suite
     _train(tmp_path / "p.pt", tiny_suite)
     with pytest.raises(MrbenchError, match="trained for 'protonet', not 'maml'"):
         evaluate("maml", tiny_suite, tmp_path / "p.pt", device="cpu")
+
+
+def test_public_api_and_results_frame(tmp_path, tiny_suite):
+    import bench
+
+    bench.train("protonet", tiny_suite, tmp_path / "p.pt", steps=2, meta_batch=1, device="cpu")
+    entry = bench.evaluate("protonet", tiny_suite, tmp_path / "p.pt", out=tmp_path / "r.json", device="cpu")
+    df = bench.results_frame([entry, tmp_path / "r.json"])
+    assert list(df["algorithm"]) == ["protonet", "protonet"] and list(df["scenario"]) == ["clean", "clean"]
+    assert df["accuracy"].iloc[0] == df["accuracy"].iloc[1] == entry["metrics"]["clean"]["accuracy"]
