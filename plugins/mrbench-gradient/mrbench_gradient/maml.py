@@ -15,8 +15,10 @@ from bench.nn import conv4, init_conv4, init_linear, linear, sgd_steps
 class MAML(Algorithm):
     """MAML with second-order meta-gradients on conv4 + a linear head.
 
-    Defaults follow the paper's Omniglot setup: inner step size 0.4, one inner step
-    in meta-training and three at test time, meta-batch 32, Adam 1e-3.
+    Defaults follow the paper's Omniglot setup (Finn et al. 2017 and its reference
+    code): inner step size 0.4, one inner step in meta-training and three at test
+    time, meta-batch 32, Adam 1e-3, and training episodes with as many query as
+    support images per class (the reference code samples ``2 * K`` images per class).
     """
 
     id = "maml"
@@ -71,7 +73,7 @@ class MAML(Algorithm):
         return self._logits(state["params"], x_query, stats)
 
     def train_defaults(self, spec: EpisodeSpec) -> TrainDefaults:
-        return TrainDefaults(meta_batch=self.options.meta_batch, lr=1e-3, steps=60000)
+        return TrainDefaults(meta_batch=self.options.meta_batch, lr=1e-3, steps=60000, train_query=spec.k_shot)
 
 
 class FOMAML(MAML):
