@@ -43,6 +43,7 @@ class Suite:
     :param train: the data meta-training draws from.
     :param test: the data the fixed test episodes come from.
     :param manifest_sha256: pinned digest of the test manifest (``None`` until pinned).
+    :param revision: pinned content revision of the decoded test split.
     :param fixed_episodes: take the dataset's own episode set (Lake's runs).
     :param train_query: queries per class in meta-training episodes (default: the test spec's).
     :param path: the file it was read from.
@@ -57,6 +58,7 @@ class Suite:
     train: DataRef
     test: DataRef
     manifest_sha256: str | None = None
+    revision: str | None = None
     fixed_episodes: bool = False
     train_query: int | None = None
     path: Path | None = None
@@ -88,6 +90,7 @@ def _parse(path: Path) -> Suite:
             train=DataRef(raw["train"]["dataset"], raw["train"]["split"], dict(raw["train"].get("options", {}))),
             test=DataRef(raw["test"]["dataset"], raw["test"]["split"], dict(raw["test"].get("options", {}))),
             manifest_sha256=raw["test"].get("manifest_sha256"),
+            revision=raw["test"].get("revision"),
             fixed_episodes=bool(raw["test"].get("fixed_episodes", False)),
             train_query=raw["train"].get("n_query"),
             path=path,
@@ -144,6 +147,12 @@ def suite_manifest(suite: Suite, registry: "Registry", root: str | Path | None =
             raise MrbenchError(f"Suite {suite.ref} asks for fixed episodes but dataset {suite.test.dataset!r} defines none.")
     else:
         manifest = make_manifest(split, suite.spec, suite.n_episodes, suite.seed)
+    if suite.revision and split.revision != suite.revision:
+        raise MrbenchError(
+            f"The {suite.test.dataset} {suite.test.split} split decodes to revision {split.revision}, but "
+            f"{suite.path} pins {suite.revision}: the archive or the decoder differs from the one the suite was made with.",
+            "Use the official archives (`mrbench data check NAME` prints the revision), or publish a new suite version.",
+        )
     if suite.manifest_sha256 and manifest.sha256() != suite.manifest_sha256:
         raise MrbenchError(
             f"The test manifest of suite {suite.ref} hashes to {manifest.sha256()}, but {suite.path} pins "
