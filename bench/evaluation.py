@@ -12,7 +12,6 @@ import datetime as _dt
 import io
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,7 +22,7 @@ from bench.checkpoint import atomic_write_text, load_final
 from bench.episodes import gather
 from bench.errors import MrbenchError
 from bench.execution import Execution, pick_device, plan, predict_episodes
-from bench.progress import NullReporter, Reporter
+from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment, peak_memory_bytes
 from bench.suites import Suite, get_suite
 
@@ -121,29 +120,24 @@ def evaluate(
     E = manifest.n_episodes
     todo = [e for e in range(E) if e not in done]
     reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
-    try:
-        for i in range(0, len(todo), chunk_episodes):
-            ids = todo[i : i + chunk_episodes]
-            episodes = gather(split, manifest[torch.tensor(ids)].to(dev))
-            logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
-            correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
-            total = episodes.y_query.shape[-1]
-            lines = []
-            for e, c in zip(ids, correct):
-                done[e] = (int(c), int(total))
-                lines.append(json.dumps({"episode": e, "correct": int(c), "total": int(total)}))
-            if partial is not None:
-                with open(partial, "a") as f:
-                    f.write("\n".join(lines) + "\n")
-            reporter.advance(len(ids), acc=sum(c for c, _ in done.values()) / max(1, sum(t for _, t in done.values())))
-    except KeyboardInterrupt:
-        reporter.stop()
-        where = f"; {len(done)}/{E} episodes saved to {partial}" if partial else ""
-        raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+    with sigterm_as_interrupt():
+        try:
+            for i in range(0, len(todo), chunk_episodes):
+                ids = todo[i : i + chunk_episodes]
+                episodes = gather(split, manifest[torch.tensor(ids)].to(dev))
+                logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
+                correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
+                total = episodes.y_query.shape[-1]
+                if partial is not None:  # on disk first, so a count we report as saved is saved
+                    with open(partial, "a") as f:
+                        f.write("".join(json.dumps({"episode": e, "correct": int(c), "total": int(total)}) + "\n"
+                                        for e, c in zip(ids, correct)))
+                done.update((e, (int(c), int(total))) for e, c in zip(ids, correct))
+                reporter.advance(len(ids), acc=sum(c for c, _ in done.values()) / max(1, sum(t for _, t in done.values())))
+        except KeyboardInterrupt:
+            reporter.stop()
+            where = f"; {len(done)}/{E} episodes saved to {partial}" if partial else ""
+            raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
     reporter.stop()
 
     accs = [done[e][0] / done[e][1] for e in range(E)]
@@ -187,8 +181,3 @@ def evaluate(
             partial.unlink(missing_ok=True)
     return entry
 
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

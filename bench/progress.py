@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import contextlib
+import signal
+import threading
+from typing import Any, Iterator, Protocol
 
 
 class Reporter(Protocol):
@@ -59,3 +62,17 @@ class RichReporter:
 
     def stop(self) -> None:
         self._progress.stop()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (a killed job) raises KeyboardInterrupt like Ctrl-C,
+    so the caller's ``except KeyboardInterrupt`` saves its progress in both cases."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from bench.components import Algorithm, EpisodeSpec
 from bench.episodes import sample_batch
 from bench.errors import MrbenchError
 from bench.execution import Execution, meta_loss_backward, pick_device, plan
-from bench.progress import NullReporter, Reporter
+from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment
 from bench.suites import Suite, get_suite, load_data
 
@@ -200,39 +199,35 @@ def train(
 
     reporter.start(steps, f"train {algo.id} on {suite.id}", completed=start)
     t0, last_save, step = time.perf_counter(), time.perf_counter(), start
-    # SIGTERM (a killed job) is turned into KeyboardInterrupt so it saves too.
-    old_term = signal.signal(signal.SIGTERM, signal.default_int_handler) if _main_thread() else None
     gen_state = gen.get_state()
-    try:
-        while step < steps:
-            # The stream position at the start of the step: an interrupted step is redone exactly.
-            gen_state = gen.get_state()
-            if cfg.lr_decay_every:
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
-            batch = sample_batch(split, train_spec, cfg.meta_batch, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss = meta_loss_backward(algo, params, batch, train_spec.n_way, ex)
-            if not math.isfinite(loss):
-                raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
-                                   "Lower the learning rate (--lr) or check the algorithm's options.")
-            optimizer.step()
-            step += 1
-            losses.append(loss)
-            reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
-            if val_every and (step % val_every == 0 or step == steps):
-                validate(step, elapsed + time.perf_counter() - t0)
-            if time.perf_counter() - last_save > save_every_s and step < steps:
-                checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen.get_state())
-                last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen_state)
-        reporter.stop()
-        raise MrbenchError(f"Interrupted at step {step}/{steps}; progress saved to {partial_path(out)}.",
-                           "Run the same command again to resume.") from None
-    finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+    with sigterm_as_interrupt():
+        try:
+            while step < steps:
+                # The stream position at the start of the step: an interrupted step is redone exactly.
+                gen_state = gen.get_state()
+                if cfg.lr_decay_every:
+                    for group in optimizer.param_groups:
+                        group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
+                batch = sample_batch(split, train_spec, cfg.meta_batch, gen)
+                optimizer.zero_grad(set_to_none=True)
+                loss = meta_loss_backward(algo, params, batch, train_spec.n_way, ex)
+                if not math.isfinite(loss):
+                    raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
+                                       "Lower the learning rate (--lr) or check the algorithm's options.")
+                optimizer.step()
+                step, gen_state = step + 1, gen.get_state()
+                losses.append(loss)
+                reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
+                if val_every and (step % val_every == 0 or step == steps):
+                    validate(step, elapsed + time.perf_counter() - t0)
+                if time.perf_counter() - last_save > save_every_s and step < steps:
+                    checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen.get_state())
+                    last_save = time.perf_counter()
+        except KeyboardInterrupt:
+            checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen_state)
+            reporter.stop()
+            raise MrbenchError(f"Interrupted at step {step}/{steps}; progress saved to {partial_path(out)}.",
+                               "Run the same command again to resume.") from None
     reporter.stop()
     wall = elapsed + time.perf_counter() - t0
     meta = {
@@ -262,9 +257,4 @@ def train(
     partial_path(out).unlink(missing_ok=True)
     return TrainResult(out, sha, meta, resumed_from=start)
 
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
