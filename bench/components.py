@@ -194,6 +194,12 @@ class Algorithm(Component):
         logits = self.predict(params, state, episode.x_query)
         return torch.nn.functional.cross_entropy(logits, episode.y_query)
 
+    #: Optional override of the harness's outer step: ``train_step(ctx) -> loss``
+    #: with ``ctx`` a :class:`bench.training.TrainContext`. ``None`` (the default) uses
+    #: the harness's step (sample a batch, mean :meth:`loss`, one optimizer step), which
+    #: is what adversarial and shifted meta-training build on.
+    train_step: Any = None
+
     def train_defaults(self, spec: EpisodeSpec) -> "TrainDefaults":
         """The outer-loop settings of the original paper for episodes of ``spec``."""
         return TrainDefaults()
@@ -292,3 +298,23 @@ class ImageSplit:
     def to(self, device: torch.device | str) -> "ImageSplit":
         out = ImageSplit(self.images.to(device), self.labels.to(device), self.class_names, self.groups, self.revision)
         return out
+
+
+class Shift(Component):
+    """A distribution shift applied to test episodes (corruption, label noise, ...).
+
+    ``apply`` is deterministic under its generator, never mutates its input, keeps
+    shapes, dtypes and the [0, 1] range of images, and works on a single episode or a
+    batch with a leading episode dim (vectorised over it, on the episode's device).
+
+    :cvar severities: the severity levels it accepts (1..5 for calibrated shifts).
+    :cvar targets: which part of the episode it can change: ``query``, ``support``, ``both``.
+    """
+
+    kind: ClassVar[str] = "shift"
+    severities: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
+    targets: ClassVar[tuple[str, ...]] = ("query", "support", "both")
+
+    def apply(self, episode: Episode, severity: int, generator: torch.Generator) -> Episode:
+        """Return the shifted episode (a new object; ``episode`` is unchanged)."""
+        raise NotImplementedError

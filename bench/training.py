@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from bench.checkpoint import atomic_save, load_final, load_partial, partial_path, save_final
-from bench.components import Algorithm, EpisodeSpec
+from bench.components import Algorithm, EpisodeSpec, ImageSplit
 from bench.episodes import sample_batch
 from bench.errors import MrbenchError
 from bench.execution import Execution, meta_loss_backward, pick_device, plan
@@ -42,6 +42,40 @@ class TrainConfig:
     lr: float
     lr_decay_every: int
     lr_decay: float
+
+
+@dataclass
+class TrainContext:
+    """What one outer step gets: the default step uses it, and so can an algorithm's
+    own ``train_step`` (Reptile's interpolation, pre-training a classifier).
+
+    :param params: meta-parameters (leaf tensors, ``requires_grad``) the optimizer owns.
+    :param split: the meta-train split, on the device.
+    :param spec: the training episode spec.
+    :param generator: the seeded training stream; draw every random number from it,
+        so an interrupted run resumes exactly.
+    :param step: the outer step about to run (0-based); ``steps``: the total.
+    """
+
+    algorithm: Algorithm
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    split: ImageSplit
+    spec: EpisodeSpec
+    meta_batch: int
+    generator: torch.Generator
+    execution: Execution
+    step: int
+    steps: int
+
+
+def default_train_step(ctx: TrainContext) -> float:
+    """Sample ``meta_batch`` episodes, average ``algorithm.loss`` over them, one optimizer step."""
+    batch = sample_batch(ctx.split, ctx.spec, ctx.meta_batch, ctx.generator)
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss = meta_loss_backward(ctx.algorithm, ctx.params, batch, ctx.spec.n_way, ctx.execution)
+    ctx.optimizer.step()
+    return loss
 
 
 @dataclass
@@ -208,13 +242,11 @@ def train(
                 if cfg.lr_decay_every:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
-                batch = sample_batch(split, train_spec, cfg.meta_batch, gen)
-                optimizer.zero_grad(set_to_none=True)
-                loss = meta_loss_backward(algo, params, batch, train_spec.n_way, ex)
+                ctx = TrainContext(algo, params, optimizer, split, train_spec, cfg.meta_batch, gen, ex, step, steps)
+                loss = algo.train_step(ctx) if algo.train_step is not None else default_train_step(ctx)
                 if not math.isfinite(loss):
                     raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
                                        "Lower the learning rate (--lr) or check the algorithm's options.")
-                optimizer.step()
                 step, gen_state = step + 1, gen.get_state()
                 losses.append(loss)
                 reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
