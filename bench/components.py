@@ -166,6 +166,19 @@ class Algorithm(Component):
         """
         raise NotImplementedError
 
+    def init_for_training(self, spec: EpisodeSpec, generator: torch.Generator, split: "ImageSplit") -> Params:
+        """The meta-parameters a training run starts from; default: :meth:`init`.
+
+        Override only where the trained parameters depend on the training data, e.g. a
+        pre-training classifier with one output per class of ``split`` (Baseline). The
+        result must hold every tensor :meth:`init` returns, with the same shapes, since
+        the checkpoint is evaluated with :meth:`adapt` / :meth:`predict` (contract test);
+        extra tensors are owned by the optimizer and saved with the checkpoint.
+
+        :param split: the meta-train split the run trains on (on the training device).
+        """
+        return self.init(spec, generator)
+
     def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, n_way: int, train: bool = False) -> Any:
         """Adapt to one episode's support set; returns a pytree of tensors (the state).
 

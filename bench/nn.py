@@ -31,17 +31,20 @@ def _uniform(shape: Sequence[int], bound: float, generator: torch.Generator) -> 
     return (torch.rand(*shape, generator=generator) * 2.0 - 1.0) * bound
 
 
-def init_conv4(generator: torch.Generator, in_channels: int = 1, hidden: int = 64, prefix: str = "backbone.") -> Params:
-    """Conv4 parameters with PyTorch's default Conv2d init (kaiming-uniform, a=sqrt(5)).
+def init_conv_blocks(generator: torch.Generator, in_channels: int = 1, hidden: int = 64, prefix: str = "backbone.",
+                     blocks: int = 4) -> Params:
+    """Parameters of ``blocks`` [conv3x3 + BatchNorm] blocks with PyTorch's default Conv2d
+    init (kaiming-uniform, a=sqrt(5)).
 
     :param generator: seeded CPU generator; the only randomness.
-    :param in_channels: image channels.
+    :param in_channels: channels of the first block's input.
     :param hidden: channels of every conv layer.
     :param prefix: key prefix of the returned dict.
+    :param blocks: number of blocks.
     """
     params: Params = {}
     cin = in_channels
-    for i in range(4):
+    for i in range(blocks):
         fan_in = cin * 9
         bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) reduces to 1/sqrt(fan_in)
         params[f"{prefix}conv{i}.weight"] = _uniform((hidden, cin, 3, 3), bound, generator)
@@ -50,6 +53,11 @@ def init_conv4(generator: torch.Generator, in_channels: int = 1, hidden: int = 6
         params[f"{prefix}bn{i}.bias"] = torch.zeros(hidden)
         cin = hidden
     return params
+
+
+def init_conv4(generator: torch.Generator, in_channels: int = 1, hidden: int = 64, prefix: str = "backbone.") -> Params:
+    """Conv4 parameters (four blocks of :func:`init_conv_blocks`)."""
+    return init_conv_blocks(generator, in_channels, hidden, prefix, blocks=4)
 
 
 def init_linear(generator: torch.Generator, in_features: int, out_features: int, prefix: str = "head.") -> Params:
@@ -68,6 +76,31 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
+def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: str = "backbone.", *,
+                blocks: int = 4, pools: int | None = None) -> tuple[Tensor, Stats]:
+    """``blocks`` x [conv3x3 (padding 1) + BatchNorm + ReLU (+ maxpool2)] on ``[N, C, H, W]``.
+
+    :param stats: per-block (mean, var) to normalise with; ``None`` uses the
+        statistics of ``x`` itself (a transductive operation over the batch).
+    :param pools: how many of the first blocks end with a 2x2 max-pool (default: all);
+        RelationNet's embedding pools after its first two blocks only.
+    :returns: the feature maps ``[N, hidden, h, w]`` and the statistics that were used.
+    """
+    pools = blocks if pools is None else pools
+    used: Stats = []
+    h = x
+    for i in range(blocks):
+        h = F.conv2d(h, params[f"{prefix}conv{i}.weight"], params[f"{prefix}conv{i}.bias"], padding=1)
+        mean, var = batch_stats(h) if stats is None else stats[i]
+        used.append((mean, var))
+        scale = params[f"{prefix}bn{i}.weight"] * torch.rsqrt(var + BN_EPS)
+        shift = params[f"{prefix}bn{i}.bias"] - mean * scale
+        h = F.relu(h * scale[None, :, None, None] + shift[None, :, None, None])
+        if i < pools:
+            h = F.max_pool2d(h, 2)
+    return h, used
+
+
 def conv4(params: Params, x: Tensor, stats: Stats | None = None, prefix: str = "backbone.") -> tuple[Tensor, Stats]:
     """Embed images ``[N, C, H, W]`` -> features ``[N, hidden * h * w]``.
 
@@ -75,17 +108,15 @@ def conv4(params: Params, x: Tensor, stats: Stats | None = None, prefix: str = "
         statistics of ``x`` itself (a transductive operation over the batch).
     :returns: the features and the statistics that were used.
     """
-    used: Stats = []
-    h = x
-    for i in range(4):
-        h = F.conv2d(h, params[f"{prefix}conv{i}.weight"], params[f"{prefix}conv{i}.bias"], padding=1)
-        mean, var = batch_stats(h) if stats is None else stats[i]
-        used.append((mean, var))
-        scale = params[f"{prefix}bn{i}.weight"] * torch.rsqrt(var + BN_EPS)
-        shift = params[f"{prefix}bn{i}.bias"] - mean * scale
-        h = F.relu(h * scale[None, :, None, None] + shift[None, :, None, None])
-        h = F.max_pool2d(h, 2)
+    h, used = conv_blocks(params, x, stats, prefix)
     return h.flatten(1), used
+
+
+def pooled(size: int, pools: int) -> int:
+    """Spatial size after ``pools`` 2x2 max-pools (floor), e.g. 28 -> 1 after four."""
+    for _ in range(pools):
+        size //= 2
+    return size
 
 
 def linear(params: Params, x: Tensor, prefix: str = "head.") -> Tensor:
@@ -101,6 +132,17 @@ def sq_euclidean(a: Tensor, b: Tensor) -> Tensor:
     return (a.unsqueeze(-2) - b.unsqueeze(-3)).square().sum(-1)
 
 
+def cosine(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarities ``[n, m]`` between rows of ``a`` and ``b``.
+
+    Normalises with ``rsqrt(max(|x|^2, eps^2))`` so a zero row gives 0, not NaN, in
+    the forward and backward pass.
+    """
+    a = a * torch.rsqrt(a.square().sum(-1, keepdim=True).clamp_min(eps * eps))
+    b = b * torch.rsqrt(b.square().sum(-1, keepdim=True).clamp_min(eps * eps))
+    return a @ b.transpose(-1, -2)
+
+
 def class_means(z: Tensor, y: Tensor, n_way: int) -> Tensor:
     """Per-class mean of rows of ``z`` ``[n, d]`` by labels ``y`` ``[n]`` -> ``[n_way, d]``.
 
@@ -111,24 +153,44 @@ def class_means(z: Tensor, y: Tensor, n_way: int) -> Tensor:
     return (onehot.t() @ z) / counts[:, None]
 
 
-def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order: bool = False) -> Params:
-    """The one inner loop: ``steps`` plain gradient steps on ``loss_fn(fast)``.
+def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order: bool = False, *,
+              betas: tuple[float, float] | None = None, eps: float = 1e-8, indexed: bool = False) -> Params:
+    """The one inner loop: ``steps`` gradient steps on ``loss_fn(fast)``.
 
     Uses ``torch.func.grad``, so it is ``vmap``-safe, works under ``torch.no_grad``
     (evaluation) and stays differentiable for an outer ``backward`` (second-order
     meta-gradients, attacks through adaptation).
 
-    :param loss_fn: ``fast -> scalar loss``.
+    :param loss_fn: ``fast -> scalar loss`` (``(fast, i) -> loss`` with ``indexed``).
     :param fast: the tensors being adapted.
     :param lr: one step size, or a dict of per-tensor step sizes (Meta-SGD).
     :param first_order: cut the graph through the inner gradients (FOMAML); the
         adapted tensors still depend on the inputs through ``fast - lr * g``.
+    :param betas: ``(beta1, beta2)`` turns the plain steps into Adam steps (Reptile's
+        inner optimiser), with bias correction and moments starting at zero in every
+        call; ``None`` (default) is plain SGD.
+    :param eps: Adam's denominator epsilon.
+    :param indexed: call ``loss_fn(fast, i)`` with the step index ``i`` (0-based), e.g.
+        to draw a different inner mini-batch at every step.
     """
     grad_fn = torch.func.grad(loss_fn)
-    for _ in range(steps):
-        grads = grad_fn(fast)
+    if betas is not None:
+        m = {k: torch.zeros_like(v) for k, v in fast.items()}
+        v2 = {k: torch.zeros_like(v) for k, v in fast.items()}
+    for i in range(steps):
+        grads = grad_fn(fast, i) if indexed else grad_fn(fast)
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
+        if betas is not None:
+            b1, b2 = betas
+            m = {k: b1 * m[k] + (1.0 - b1) * g for k, g in grads.items()}
+            v2 = {k: b2 * v2[k] + (1.0 - b2) * g * g for k, g in grads.items()}
+            c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
+            # clamp_min keeps sqrt's derivative finite where a gradient is exactly zero
+            # (e.g. a conv bias under batch-statistics BatchNorm), which would otherwise
+            # give 0 * inf = NaN when differentiating through the steps.
+            grads = {k: (m[k] / c1) / ((v2[k] / c2).clamp_min(torch.finfo(g.dtype).tiny).sqrt() + eps)
+                     for k, g in grads.items()}
         if isinstance(lr, dict):
             fast = {k: v - lr[k] * grads[k] for k, v in fast.items()}
         else:

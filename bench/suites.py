@@ -76,7 +76,11 @@ def suites_dirs() -> list[Path]:
     return dirs
 
 
-def _parse(path: Path) -> Suite:
+def read_suite(path: Path) -> Suite:
+    """Read one ``suite.toml``.
+
+    :raises MrbenchError: the file is not a valid suite.
+    """
     try:
         raw = tomllib.loads(path.read_text())
         ep = raw["episodes"]
@@ -105,7 +109,7 @@ def all_suites() -> dict[str, Suite]:
     found: dict[str, Suite] = {}
     for root in suites_dirs():
         for path in sorted(root.glob("*/v*/suite.toml")):
-            s = _parse(path)
+            s = read_suite(path)
             found.setdefault(s.ref, s)
     latest: dict[str, Suite] = {}
     for s in found.values():

@@ -13,15 +13,19 @@ mrbench's own test suite runs them over every registered algorithm.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.components import Algorithm, Episode, EpisodeSpec
+from bench.components import Algorithm, Episode, EpisodeSpec, ImageSplit
 from bench.errors import OptionsError
 from bench.execution import Execution, meta_loss_backward
+
+if TYPE_CHECKING:
+    from bench.training import TrainContext
 
 SPEC = EpisodeSpec(n_way=3, k_shot=2, n_query=2)
 
@@ -125,6 +129,62 @@ def check_query_independence(algo: Algorithm) -> None:
                                    msg=f"query {i} depends on the other queries; declare transductive = True")
 
 
+def random_split(n_classes: int = 7, per_class: int = 5, spec: EpisodeSpec = SPEC, seed: int = 0) -> ImageSplit:
+    """A small in-memory meta-train split of random uint8 images."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n_classes * per_class, *spec.image_shape), generator=g, dtype=torch.uint8)
+    return ImageSplit(images, torch.arange(n_classes).repeat_interleave(per_class), [f"c{i}" for i in range(n_classes)])
+
+
+def check_training_params_cover_init(algo: Algorithm) -> None:
+    """What a training run starts from (``init_for_training``) holds every tensor of ``init``
+    with the same shape, so ``adapt``/``predict`` work on a trained checkpoint."""
+    a = init_params(algo, seed=3)
+    b = algo.init_for_training(SPEC, torch.Generator().manual_seed(3), random_split())
+    for k, v in a.items():
+        assert k in b, f"init_for_training lacks {k!r}, which adapt/predict use"
+        assert b[k].shape == v.shape, f"init_for_training gives {k!r} shape {tuple(b[k].shape)}, init {tuple(v.shape)}"
+
+
+def make_train_context(algo: Algorithm, split: ImageSplit | None = None, spec: EpisodeSpec = SPEC, meta_batch: int = 2,
+                       seed: int = 0, step: int = 0, steps: int = 10, lr: float | None = None) -> "TrainContext":
+    """A :class:`bench.training.TrainContext` like the one :func:`bench.train` builds (fresh
+    ``init_for_training`` params, Adam at the algorithm's default ``lr``, seeded
+    generator, per-episode loop), on :func:`random_split` unless ``split`` is given."""
+    from bench.training import TrainContext
+
+    split = split if split is not None else random_split(spec=spec)
+    init = algo.init_for_training(spec, torch.Generator().manual_seed(seed), split)
+    params = {k: v.requires_grad_(True) for k, v in init.items()}
+    optimizer = torch.optim.Adam(algo.param_groups(params), lr=lr if lr is not None else algo.train_defaults(spec).lr)
+    return TrainContext(algo, params, optimizer, split, spec, meta_batch, torch.Generator().manual_seed(seed + 1),
+                        Execution("loop"), step, steps)
+
+
+def run_train_step(ctx: "TrainContext") -> float:
+    """One outer step: the algorithm's ``train_step`` when it has one, else the harness's."""
+    from bench.training import default_train_step
+
+    return ctx.algorithm.train_step(ctx) if ctx.algorithm.train_step is not None else default_train_step(ctx)
+
+
+def check_train_step(algo: Algorithm) -> None:
+    """One outer step (the algorithm's own ``train_step`` or the harness's) gives a finite
+    loss, changes the parameters, and is deterministic under the training generator
+    (an interrupted run resumes exactly)."""
+    runs = []
+    for _ in range(2):
+        ctx = make_train_context(algo)
+        before = {k: v.detach().clone() for k, v in ctx.params.items()}
+        loss = run_train_step(ctx)
+        assert isinstance(loss, float) and math.isfinite(loss), f"train step returned {loss!r}, not a finite float"
+        runs.append((loss, {k: v.detach().clone() for k, v in ctx.params.items()}))
+    (loss_a, a), (loss_b, b) = runs
+    assert any(not torch.equal(before[k], a[k]) for k in a), "one training step left every parameter unchanged"
+    assert loss_a == loss_b and all(torch.equal(a[k], b[k]) for k in a), \
+        "the training step is not deterministic under ctx.generator"
+
+
 def check_strict_options(algo: Algorithm) -> None:
     with pytest.raises(OptionsError):
         type(algo)(no_such_option_xyz=1)
@@ -148,5 +208,7 @@ ALGORITHM_CHECKS: list[Callable[[Algorithm], None]] = [
     check_input_gradients,
     check_meta_gradient_batched_equals_loop,
     check_query_independence,
+    check_training_params_cover_init,
+    check_train_step,
     check_strict_options,
 ]

@@ -180,7 +180,9 @@ def train(
 
     dataset, split = load_data(suite.train, registry, data_root)
     split = split.to(dev)
-    params = {k: v.to(dev).requires_grad_(True) for k, v in algo.init(suite.spec, torch.Generator().manual_seed(seed)).items()}
+    # init_for_training defaults to init; a resumed run overwrites these values from its partial file.
+    init = algo.init_for_training(suite.spec, torch.Generator().manual_seed(seed), split)
+    params = {k: v.to(dev).requires_grad_(True) for k, v in init.items()}
     optimizer = torch.optim.Adam(algo.param_groups(params), lr=cfg.lr)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
     start, elapsed, losses = 0, 0.0, []

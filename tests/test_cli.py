@@ -32,8 +32,9 @@ def test_plugins_json_lists_first_party_components():
     proc = run_cli("plugins", "--json")
     assert proc.returncode == 0, proc.stderr
     plugins = {p["name"]: p for p in json.loads(proc.stdout)["plugins"]}
-    assert set(plugins["mrbench-metric"]["components"]["algorithm"]) == {"protonet"}
-    assert {"maml", "fomaml"} <= set(plugins["mrbench-gradient"]["components"]["algorithm"])
+    assert set(plugins["mrbench-metric"]["components"]["algorithm"]) == {"protonet", "matchingnet", "relationnet"}
+    assert {"maml", "fomaml", "anil", "metasgd", "reptile"} <= set(plugins["mrbench-gradient"]["components"]["algorithm"])
+    assert set(plugins["mrbench-finetune"]["components"]["algorithm"]) == {"finetune", "finetune-cosine"}
     assert plugins["mrbench-gradient"]["distribution"] == "mrbench-gradient"
     assert {"procedural-glyphs", "omniglot", "omniglot-lake-runs", "mnist"} <= set(
         plugins["builtin"]["components"]["dataset"])

@@ -12,7 +12,8 @@ ALGORITHMS = REGISTRY.ids("algorithm")
 
 
 def test_first_party_algorithms_are_registered():
-    assert {"protonet", "maml", "fomaml"} <= set(ALGORITHMS)
+    assert {"protonet", "matchingnet", "relationnet", "maml", "fomaml", "anil", "metasgd", "reptile",
+            "finetune", "finetune-cosine"} <= set(ALGORITHMS)
 
 
 @pytest.mark.parametrize("check", ALGORITHM_CHECKS, ids=lambda c: c.__name__.removeprefix("check_"))
@@ -21,7 +22,10 @@ def test_contract(algorithm, check):
     check(REGISTRY.create("algorithm", algorithm))
 
 
-@pytest.mark.parametrize("algorithm", ["protonet", "maml"])
+WITH_BN_OPTION = [a for a in ALGORITHMS if "bn" in REGISTRY.get("algorithm", a).Options.model_fields]
+
+
+@pytest.mark.parametrize("algorithm", WITH_BN_OPTION)
 def test_transductive_mode_is_declared_and_detected(algorithm):
     # bn='batch' normalises queries together: the algorithm must say so, and the
     # independence check must catch it if it did not.

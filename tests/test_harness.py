@@ -137,3 +137,30 @@ def test_public_api_and_results_frame(tmp_path, tiny_suite):
     df = bench.results_frame([entry, tmp_path / "r.json"])
     assert list(df["algorithm"]) == ["protonet", "protonet"] and list(df["scenario"]) == ["clean", "clean"]
     assert df["accuracy"].iloc[0] == df["accuracy"].iloc[1] == entry["metrics"]["clean"]["accuracy"]
+
+
+def _all_algorithms() -> list[str]:
+    from bench.plugins import get_registry
+
+    return get_registry().ids("algorithm")
+
+
+@pytest.mark.parametrize("algorithm", _all_algorithms())
+def test_every_algorithm_trains_and_evaluates(tmp_path, tiny_suite, algorithm):
+    # 20 images per training class: some algorithms train on up to 20 images per class
+    # (RelationNet: 1 + 19), as their papers do on Omniglot.
+    import dataclasses
+
+    from bench.plugins import get_registry
+    from bench.suites import get_suite
+
+    suite = get_suite(tiny_suite)
+    suite = dataclasses.replace(suite, train=dataclasses.replace(
+        suite.train, options={**suite.train.options, "samples_per_class": 20}))
+    res = train(algorithm, suite, tmp_path / "a.pt", steps=3, meta_batch=2, device="cpu")
+    assert res.meta["steps"] == 3 and res.meta["algorithm"]["id"] == algorithm
+    entry = evaluate(None, suite, tmp_path / "a.pt", device="cpu", n_episodes=4)
+    algo = get_registry().create("algorithm", algorithm)
+    assert entry["algorithm"]["transductive"] is bool(algo.transductive)
+    assert entry["algorithm"]["options"] == algo.options.model_dump(mode="json")  # defaults are recorded
+    assert 0.0 <= entry["metrics"]["clean"]["accuracy"] <= 1.0

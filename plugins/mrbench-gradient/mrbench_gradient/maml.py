@@ -12,6 +12,21 @@ from bench.components import Algorithm, EpisodeSpec, Options, Params, TrainDefau
 from bench.nn import conv4, init_conv4, init_linear, linear, sgd_steps
 
 
+class GradientOptions(Options):
+    """Options every learner of this distribution shares (conv4 + linear head, inner loop)."""
+
+    inner_steps: int = 1
+    """Inner gradient steps during meta-training."""
+    inner_steps_test: int = 3
+    """Inner gradient steps at evaluation and under attack."""
+    hidden: int = 64
+    bn: Literal["support", "batch"] = "support"
+    """``support``: queries are normalised with the adapted network's support
+    statistics (MetaBN; non-transductive). ``batch``: the original MAML
+    convention, each forward normalises with its own batch (transductive)."""
+    meta_batch: int = 32
+
+
 class MAML(Algorithm):
     """MAML with second-order meta-gradients on conv4 + a linear head.
 
@@ -25,18 +40,8 @@ class MAML(Algorithm):
     version = "1"
     first_order: ClassVar[bool] = False
 
-    class Options(Options):
+    class Options(GradientOptions):
         inner_lr: float = 0.4
-        inner_steps: int = 1
-        """Inner gradient steps during meta-training."""
-        inner_steps_test: int = 3
-        """Inner gradient steps at evaluation and under attack."""
-        hidden: int = 64
-        bn: Literal["support", "batch"] = "support"
-        """``support``: queries are normalised with the adapted network's support
-        statistics (MetaBN; non-transductive). ``batch``: the original MAML
-        convention, each forward normalises with its own batch (transductive)."""
-        meta_batch: int = 32
 
     bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
 
@@ -56,14 +61,25 @@ class MAML(Algorithm):
         z, _ = conv4(params, x, stats)
         return linear(params, z)
 
+    # The two points where the variants of this family differ from MAML's inner loop.
+    def _inner(self, params: Params) -> tuple[Params, float | Params]:
+        """The tensors the inner loop adapts, and their step size(s)."""
+        return params, self.options.inner_lr
+
+    def _inner_betas(self) -> tuple[float, float] | None:
+        """Adam betas of the inner loop; ``None``: plain SGD."""
+        return None
+
     def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, n_way: int, train: bool = False) -> Any:
         o = self.options
+        fast, lr = self._inner(params)
         fast = sgd_steps(
             lambda p: F.cross_entropy(self._logits(p, x_support), y_support),
-            params,
+            fast,
             o.inner_steps if train else o.inner_steps_test,
-            o.inner_lr,
+            lr,
             first_order=self.first_order and train,
+            betas=self._inner_betas(),
         )
         _, stats = conv4(fast, x_support)
         return {"params": fast, "stats": stats}
