@@ -14,13 +14,13 @@ support set's, which makes query predictions independent of each other).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.components import Params
+from bench.components import Options, Params
 
 BN_EPS = 1e-5
 Stats = list[tuple[Tensor, Tensor]]
@@ -196,3 +196,29 @@ def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order
         else:
             fast = {k: v - lr * grads[k] for k, v in fast.items()}
     return fast
+
+
+class Conv4Options(Options):
+    """Options of every conv4 learner with the support-statistics BatchNorm policy."""
+
+    hidden: int = 64
+    """Channels of each conv layer."""
+    bn: Literal["support", "batch"] = "support"
+    """``support``: queries are normalised with the support set's statistics (MetaBN,
+    Bronskill et al. 2020; non-transductive). ``batch``: each forward normalises with
+    its own batch statistics, so queries are normalised together (transductive)."""
+
+
+class SupportStatsBN:
+    """Mixin for algorithms with :class:`Conv4Options`: declares the BatchNorm policy
+    and derives ``transductive`` from the ``bn`` option."""
+
+    bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
+
+    @property
+    def transductive(self) -> bool:
+        return self.options.bn == "batch"  # type: ignore[attr-defined]
+
+    def query_stats(self, support_stats: Stats) -> Stats | None:
+        """The statistics to normalise queries with: the support's, or ``None`` (own batch)."""
+        return None if self.options.bn == "batch" else support_stats  # type: ignore[attr-defined]

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.components import Algorithm, EpisodeSpec, ImageSplit, Options, Params, TrainDefaults
+from bench.components import Algorithm, EpisodeSpec, ImageSplit, Params, TrainDefaults
 from bench.episodes import to_float
-from bench.nn import class_means, conv4, cosine, init_conv4, init_linear, pooled, sgd_steps
+from bench.nn import class_means, conv4, Conv4Options, cosine, init_conv4, init_linear, pooled, sgd_steps, SupportStatsBN
 
 if TYPE_CHECKING:
     from bench.training import TrainContext
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 PRETRAIN = "pretrain."
 
 
-class Finetune(Algorithm):
+class Finetune(SupportStatsBN, Algorithm):
     """Pre-train conv4 + a linear classifier over all meta-train classes, then fit a new
     linear classifier on the frozen features of each episode's support set.
 
@@ -50,12 +50,7 @@ class Finetune(Algorithm):
     version = "1"
     head_type: ClassVar[str] = "linear"
 
-    class Options(Options):
-        hidden: int = 64
-        bn: Literal["support", "batch"] = "support"
-        """``support``: queries are normalised with the support set's statistics
-        (MetaBN; non-transductive). ``batch``: each forward uses its own batch
-        statistics, so queries are normalised together (transductive)."""
+    class Options(Conv4Options):
         batch_size: int = 16
         """Images per pre-training step (the harness's ``meta_batch``)."""
         finetune_steps: int = 100
@@ -63,12 +58,6 @@ class Finetune(Algorithm):
         finetune_lr: float = 0.01
         weight_decay: float = 1e-3
         """L2 weight decay of the new head while fitting it."""
-
-    bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
 
     def _feature_dim(self, spec: EpisodeSpec) -> int:
         _, H, W = spec.image_shape
@@ -108,7 +97,7 @@ class Finetune(Algorithm):
         return {"head": head, "stats": stats}
 
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
-        stats = None if self.options.bn == "batch" else state["stats"]
+        stats = self.query_stats(state["stats"])
         z, _ = conv4(params, x_query, stats)
         return self._head(state["head"], z)
 

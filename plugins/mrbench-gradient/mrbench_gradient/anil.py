@@ -46,6 +46,6 @@ class ANIL(MAML):
         return {"head": head, "stats": stats}
 
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
-        stats = None if self.options.bn == "batch" else state["stats"]
+        stats = self.query_stats(state["stats"])
         z, _ = conv4(params, x_query, stats)
         return linear(state["head"], z)

@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.components import Algorithm, EpisodeSpec, Options, Params, TrainDefaults
-from bench.nn import conv4, init_conv4, init_linear, linear, sgd_steps
+from bench.components import Algorithm, EpisodeSpec, Params, TrainDefaults
+from bench.nn import conv4, Conv4Options, init_conv4, init_linear, linear, sgd_steps, SupportStatsBN
 
 
-class GradientOptions(Options):
+class GradientOptions(Conv4Options):
     """Options every learner of this distribution shares (conv4 + linear head, inner loop)."""
 
     inner_steps: int = 1
     """Inner gradient steps during meta-training."""
     inner_steps_test: int = 3
     """Inner gradient steps at evaluation and under attack."""
-    hidden: int = 64
-    bn: Literal["support", "batch"] = "support"
-    """``support``: queries are normalised with the adapted network's support
-    statistics (MetaBN; non-transductive). ``batch``: the original MAML
-    convention, each forward normalises with its own batch (transductive)."""
     meta_batch: int = 32
 
 
-class MAML(Algorithm):
+class MAML(SupportStatsBN, Algorithm):
     """MAML with second-order meta-gradients on conv4 + a linear head.
 
     Defaults follow the paper's Omniglot setup (Finn et al. 2017 and its reference
@@ -42,12 +37,6 @@ class MAML(Algorithm):
 
     class Options(GradientOptions):
         inner_lr: float = 0.4
-
-    bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
         h = self.options.hidden
@@ -85,7 +74,7 @@ class MAML(Algorithm):
         return {"params": fast, "stats": stats}
 
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
-        stats = None if self.options.bn == "batch" else state["stats"]
+        stats = self.query_stats(state["stats"])
         return self._logits(state["params"], x_query, stats)
 
     def train_defaults(self, spec: EpisodeSpec) -> TrainDefaults:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.components import Algorithm, EpisodeSpec, Options, Params, TrainDefaults
-from bench.nn import conv4, cosine, init_conv4
+from bench.components import Algorithm, EpisodeSpec, Params, TrainDefaults
+from bench.nn import conv4, Conv4Options, cosine, init_conv4, SupportStatsBN
 
 
 def _init_lstm(generator: torch.Generator, in_features: int, state_features: int, hidden: int, prefix: str) -> Params:
@@ -31,7 +31,7 @@ def _lstm_cell(params: Params, prefix: str, x: Tensor, h: Tensor, c: Tensor) -> 
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-class MatchingNet(Algorithm):
+class MatchingNet(SupportStatsBN, Algorithm):
     """Attention over the support set: ``p(y | x) = sum_i a(x, x_i) onehot(y_i)`` with
     ``a`` the softmax of cosine similarities between embeddings.
 
@@ -61,22 +61,11 @@ class MatchingNet(Algorithm):
     id = "matchingnet"
     version = "1"
 
-    class Options(Options):
-        hidden: int = 64
-        bn: Literal["support", "batch"] = "support"
-        """``support``: queries are normalised with the support set's statistics
-        (MetaBN; non-transductive). ``batch``: each forward uses its own batch
-        statistics, so queries are normalised together (transductive)."""
+    class Options(Conv4Options):
         fce: bool = False
         """Full-context embeddings (bidirectional support LSTM, attention LSTM)."""
         fce_steps: int = 5
         """Read steps K of the attention LSTM (the paper does not give K)."""
-
-    bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
         o = self.options
@@ -119,7 +108,7 @@ class MatchingNet(Algorithm):
         return {"support": z, "onehot": F.one_hot(y_support, n_way).to(torch.bool), "stats": stats}
 
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
-        stats = None if self.options.bn == "batch" else state["stats"]
+        stats = self.query_stats(state["stats"])
         f, _ = conv4(params, x_query, stats)
         g = state["support"]
         if self.options.fce:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.components import Algorithm, EpisodeSpec, Options, Params, TrainDefaults
-from bench.nn import class_means, conv4, init_conv4, sq_euclidean
+from bench.components import Algorithm, EpisodeSpec, Params, TrainDefaults
+from bench.nn import class_means, conv4, Conv4Options, init_conv4, sq_euclidean, SupportStatsBN
 
 
-class ProtoNet(Algorithm):
+class ProtoNet(SupportStatsBN, Algorithm):
     """Nearest class mean in a learned embedding, squared Euclidean distance.
 
     Defaults follow the paper's Omniglot setup: conv4 (64 channels), training
@@ -22,18 +22,8 @@ class ProtoNet(Algorithm):
     id = "protonet"
     version = "1"
 
-    class Options(Options):
-        hidden: int = 64
-        bn: Literal["support", "batch"] = "support"
-        """``support``: queries are normalised with the support set's statistics
-        (MetaBN; non-transductive). ``batch``: each forward uses its own batch
-        statistics, so queries are normalised together (transductive)."""
-
-    bn_policy = "batch statistics, no running stats; queries use the support statistics unless bn='batch'"
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
+    class Options(Conv4Options):
+        """No options beyond conv4's."""
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
         return init_conv4(generator, in_channels=spec.image_shape[0], hidden=self.options.hidden)
@@ -43,7 +33,7 @@ class ProtoNet(Algorithm):
         return {"prototypes": class_means(z, y_support, n_way), "stats": stats}
 
     def predict(self, params: Params, state: Any, x_query: Tensor) -> Tensor:
-        stats = None if self.options.bn == "batch" else state["stats"]
+        stats = self.query_stats(state["stats"])
         z, _ = conv4(params, x_query, stats)
         return -sq_euclidean(z, state["prototypes"])
 

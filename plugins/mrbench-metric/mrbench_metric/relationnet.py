@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.components import Algorithm, Episode, EpisodeSpec, Options, Params, TrainDefaults
-from bench.nn import conv_blocks, init_conv4, init_conv_blocks, init_linear, linear, pooled
+from bench.components import Algorithm, Episode, EpisodeSpec, Params, TrainDefaults
+from bench.nn import Conv4Options, conv_blocks, init_conv4, init_conv_blocks, init_linear, linear, pooled, SupportStatsBN
 
 # Sung et al. 2018, Sec. 4.1 (Omniglot): query images per class in a training episode.
 _TRAIN_QUERY = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}
 
 
-class RelationNet(Algorithm):
+class RelationNet(SupportStatsBN, Algorithm):
     """A learned relation module scores each (class, query) pair in [0, 1].
 
     Embedding: four [conv3x3 64 + BatchNorm + ReLU] blocks, the first two followed by a
@@ -46,21 +46,12 @@ class RelationNet(Algorithm):
     id = "relationnet"
     version = "1"
 
-    class Options(Options):
-        hidden: int = 64
+    class Options(Conv4Options):
         relation_hidden: int = 8
         """Width of the relation module's first fully connected layer."""
-        bn: Literal["support", "batch"] = "support"
-        """``support``: queries (and their pairs) are normalised with statistics of
-        the support set (and of the support pairs): non-transductive. ``batch``:
-        with their own batch statistics (transductive)."""
 
     bn_policy = ("batch statistics, no running stats; query embeddings use the support statistics and query "
                  "pairs the support pairs' statistics unless bn='batch'")
-
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
         o = self.options
