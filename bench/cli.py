@@ -166,6 +166,26 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench import leaderboard
+
+    c = _console()
+    if args.lb_cmd == "show":
+        leaderboard.show(args.suite, args.root, console=c)
+        return 0
+    if args.lb_cmd == "build":
+        for s in leaderboard.build(args.root):
+            what = ", ".join(p.name for p in s.written) + " written" if s.written else "tables unchanged"
+            c.print(f"{s.line()}: {what}", highlight=False)
+        return 0
+    summaries = leaderboard.check(args.root)
+    for s in summaries:
+        c.print(f"{s.line()}: entries valid, tables up to date", highlight=False)
+    c.print(f"leaderboard check passed: {len(summaries)} leaderboard(s), "
+            f"{sum(s.n_entries for s in summaries)} entries", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -233,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-root", default=None)
     d.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
     sp.set_defaults(func=cmd_data)
+
+    sp = sub.add_parser("leaderboard", help="generate, check or show the leaderboard tables")
+    lsub = sp.add_subparsers(dest="lb_cmd", required=True, parser_class=_Parser)
+    root_help = "leaderboards folder (default: $MRBENCH_SUITES folders, then the repository's leaderboards/)"
+    d = lsub.add_parser("build", help="regenerate table.csv and table.md of every suite version with entries")
+    d.add_argument("--root", default=None, help=root_help)
+    d = lsub.add_parser("check", help="fail on an invalid entry, a suite or hash mismatch, or a stale table")
+    d.add_argument("--root", default=None, help=root_help)
+    d = lsub.add_parser("show", help="print a leaderboard in the terminal")
+    d.add_argument("suite", nargs="?", default=None, help="suite id or id@vN (default: every leaderboard)")
+    d.add_argument("--root", default=None, help=root_help)
+    sp.set_defaults(func=cmd_leaderboard)
     return p
 
 

@@ -24,9 +24,9 @@ from bench.errors import MrbenchError
 from bench.execution import Execution, pick_device, plan, predict_episodes
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment, peak_memory_bytes
+from bench.schema import SCHEMA_VERSION
 from bench.suites import Suite, get_suite
 
-SCHEMA_VERSION = 1
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:

@@ -1,0 +1,345 @@
+"""The result entry schema: what :func:`bench.evaluate` writes, checked strictly.
+
+A result entry is the JSON file behind one leaderboard row. The model is strict
+(no coercion): a number stored as a string, a boolean where a count belongs or an
+unknown field is an error, because a leaderboard must never guess what a file
+means. Entries carry ``schema_version`` from the start; an older entry is upgraded
+by :func:`migrate`, one registered step per version, before it is validated.
+
+Besides the measured fields, an entry may carry the leaderboard fields a
+maintainer adds: ``reported`` (published numbers, kept apart from the measured
+``metrics``), ``unreliable`` with a ``footnote``, and ``supersedes`` (the file
+name of the entry it corrects; entry files are append-only).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import math
+from typing import Annotated, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from bench.errors import MrbenchError
+
+SCHEMA_VERSION = 1
+"""The version :func:`bench.evaluate` writes (``bench.evaluation.SCHEMA_VERSION``)."""
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Count = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+FileName = Annotated[str, Field(pattern=r"^[^/\\]+$", min_length=1)]
+
+
+class _Strict(BaseModel):
+    # strict: no str -> float, bool -> int, ... coercion; forbid: a misspelled or
+    # unknown field is an error (a new field is a schema_version bump).
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+
+class Spec(_Strict):
+    n_way: Count
+    k_shot: Count
+    n_query: Count
+
+
+class SuiteRef(_Strict):
+    """The suite version the entry was evaluated on.
+
+    :param n_episodes: episodes evaluated (the whole suite, for a leaderboard entry).
+    """
+
+    id: str
+    version: Count
+    manifest_sha256: Sha256
+    n_episodes: Count
+    spec: Spec
+
+
+class DatasetRef(_Strict):
+    id: str
+    options: dict[str, Any]
+    split: str
+    revision: str
+
+
+class AlgorithmRef(_Strict):
+    id: str
+    version: str
+    options: dict[str, Any]
+    distribution: str | None
+    distribution_version: str | None
+    transductive: bool
+    bn_policy: str
+
+
+class CheckpointRef(_Strict):
+    sha256: Sha256
+    file: str
+
+
+class TrainData(_Strict):
+    dataset: str
+    options: dict[str, Any]
+    split: str
+    revision: str
+
+
+class Training(_Strict):
+    """Training provenance, copied from the checkpoint (``None`` where it did not record it)."""
+
+    suite: str | None
+    train_data: TrainData | None
+    train_spec: Spec | None
+    steps: NonNegInt | None
+    seed: int | None
+    meta_batch: Count | None
+    lr: NonNegFloat | None
+    lr_decay_every: NonNegInt | None
+    lr_decay: NonNegFloat | None
+    episodes_seen: NonNegInt | None
+    wall_time_s: NonNegFloat | None
+    adversarial: dict[str, Any] | None
+    device: str | None
+
+
+class ScenarioMetrics(_Strict):
+    """One scenario's measured numbers.
+
+    :param accuracy: mean per-episode accuracy, in [0, 1].
+    :param n_episodes: episodes it is the mean over.
+    :param n_queries: query predictions over all episodes.
+    :param ci95: 95% CI half-width ``1.96 * sd / sqrt(n)``, in [0, 1]; NaN only for a
+        single episode (no spread to estimate).
+    """
+
+    # Declared before ci95, which its validator reads.
+    accuracy: Fraction
+    n_episodes: Count
+    n_queries: Count
+    ci95: float
+
+    @field_validator("ci95")
+    @classmethod
+    def _ci95(cls, v: float, info: ValidationInfo) -> float:
+        if math.isnan(v):
+            n = info.data.get("n_episodes")
+            if n != 1:
+                raise ValueError(f"is NaN, which only a single-episode evaluation may have (n_episodes is {n})")
+            return v
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"must be in [0, 1], got {v}")
+        return v
+
+
+class Reported(_Strict):
+    """A published number, kept apart from the measured ones.
+
+    :param accuracy: the published accuracy, as a fraction in [0, 1].
+    :param ci95: its published 95% CI half-width, if any.
+    :param source: where it was published (e.g. ``"Snell et al. 2017, Table 1"``).
+    """
+
+    accuracy: Fraction
+    ci95: Fraction | None = None
+    source: Annotated[str, Field(min_length=1)]
+
+
+class EnvironmentInfo(_Strict):
+    harness_version: str
+    git_sha: str | None
+    torch_version: str
+    python_version: str
+    platform: str
+    device: str
+
+
+class ExecutionInfo(_Strict):
+    strategy: Literal["loop", "vmap"]
+    chunk: Count
+    channels_last: bool
+
+
+class ResultEntry(_Strict):
+    """A result entry, schema version 1.
+
+    :param metrics: scenario name -> measured numbers; ``clean`` is always present.
+    :param sanity: attack-strength sanity checks (name -> outcome); empty for clean-only runs.
+    :param unreliable: a sanity check failed or a maintainer flagged the entry; the
+        table marks it and shows ``footnote``.
+    :param episodes_file: the per-episode CSV next to the entry (a bare file name).
+    :param reported: scenario -> published number, shown next to the measured one.
+    :param footnote: a note shown under the table.
+    :param supersedes: file name of the entry in the same ``entries/`` folder this one
+        corrects; the superseded entry stays (append-only) but leaves the table.
+    """
+
+    schema_version: Literal[1]
+    kind: Literal["mrbench-result"]
+    created: str
+    suite: SuiteRef
+    dataset: DatasetRef
+    algorithm: AlgorithmRef
+    checkpoint: CheckpointRef
+    training: Training
+    metrics: dict[str, ScenarioMetrics]
+    sanity: dict[str, Any]
+    unreliable: bool = False
+    environment: EnvironmentInfo
+    execution: ExecutionInfo
+    wall_time_s: NonNegFloat
+    peak_memory_bytes: NonNegInt
+    episodes_file: FileName | None
+    reported: dict[str, Reported] | None = None
+    footnote: Annotated[str, Field(min_length=1)] | None = None
+    supersedes: Annotated[str, Field(pattern=r"^[^/\\]+\.json$")] | None = None
+
+    @field_validator("created")
+    @classmethod
+    def _created(cls, v: str) -> str:
+        try:
+            when = _dt.datetime.fromisoformat(v)
+        except ValueError:
+            raise ValueError(f"must be an ISO 8601 timestamp, got {v!r}") from None
+        if when.tzinfo is None:
+            raise ValueError(f"must carry a UTC offset, got {v!r}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _has_clean(cls, v: dict[str, ScenarioMetrics]) -> dict[str, ScenarioMetrics]:
+        if "clean" not in v:
+            raise ValueError("must contain the 'clean' scenario")
+        return v
+
+
+# --- migrations ---------------------------------------------------------------
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+MIGRATIONS: dict[int, Migration] = {}
+"""``from_version -> step``: each step takes an entry of ``from_version`` and returns
+it at ``from_version + 1`` (setting ``schema_version``). Register a step with
+:func:`migration` whenever :data:`SCHEMA_VERSION` is bumped; never edit a step once
+released, since committed entries depend on it."""
+
+
+def migration(from_version: int) -> Callable[[Migration], Migration]:
+    """Register the step that upgrades entries from ``from_version`` to ``from_version + 1``.
+
+    :param from_version: the schema version the step reads.
+    """
+
+    def register(step: Migration) -> Migration:
+        if from_version in MIGRATIONS:
+            raise ValueError(f"a migration from schema_version {from_version} is already registered")
+        MIGRATIONS[from_version] = step
+        return step
+
+    return register
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a raw entry to :data:`SCHEMA_VERSION`, step by step; the input is not modified.
+
+    :param raw: the parsed JSON of an entry.
+    :raises MrbenchError: ``schema_version`` is missing, not an integer, newer than this
+        mrbench, or has no migration path.
+    """
+    version = raw.get("schema_version")
+    if type(version) is not int:  # not isinstance: bool is an int subclass and must not pass
+        raise MrbenchError(f"schema_version: must be an integer, got {version!r}.",
+                           "Every result entry states the schema version it was written with.")
+    if version > SCHEMA_VERSION:
+        raise MrbenchError(f"schema_version: {version} is newer than this mrbench understands ({SCHEMA_VERSION}).",
+                           "Upgrade mrbench.")
+    out = copy.deepcopy(raw)
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise MrbenchError(f"schema_version: no migration from version {version} to {version + 1}.",
+                               "The entry predates every supported schema; re-evaluate the checkpoint.")
+        out = step(out)
+        if out.get("schema_version") != version + 1:
+            raise RuntimeError(f"migration from schema_version {version} did not set schema_version {version + 1}")
+        version += 1
+    return out
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        else:
+            parts.append(("." if parts else "") + p)
+    return "".join(parts) or "(entry)"
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """``(field path, message)`` for each error of ``exc``.
+
+    E.g. ``("metrics.clean.accuracy", "Input should be a valid number")``.
+    """
+    out = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"]
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        out.append((_loc(err["loc"]), msg))
+    return out
+
+
+def check_entry(raw: Any) -> tuple[ResultEntry | None, list[tuple[str, str]]]:
+    """Migrate and validate a parsed entry without raising.
+
+    :param raw: the parsed JSON.
+    :returns: the entry (``None`` when invalid) and ``(field path, message)`` for each problem.
+    """
+    if not isinstance(raw, dict):
+        return None, [("(entry)", f"must be a JSON object, got {type(raw).__name__}")]
+    try:
+        upgraded = migrate(raw)
+    except MrbenchError as exc:
+        return None, [("schema_version", exc.message.removeprefix("schema_version: ").rstrip("."))]
+    try:
+        entry = ResultEntry.model_validate(upgraded)
+    except ValidationError as exc:
+        return None, validation_problems(exc)
+    problems = cross_field_problems(entry)
+    return (None if problems else entry), problems
+
+
+ENTRY_HINT = ("`mrbench evaluate` writes the measured fields, which must not be edited by hand; a maintainer may "
+              "add only reported, unreliable, footnote and supersedes (see bench/schema.py).")
+
+
+def validate_entry(raw: Any, source: str) -> ResultEntry:
+    """Migrate and validate a parsed result entry.
+
+    :param raw: the parsed JSON.
+    :param source: where it came from (a file name), used in error messages.
+    :raises MrbenchError: naming ``source`` and the field path of every problem, e.g.
+        ``entries/x.json: metrics.clean.accuracy: Input should be a valid number``.
+    """
+    entry, problems = check_entry(raw)
+    if entry is None:
+        raise MrbenchError("; ".join(f"{source}: {loc}: {msg}" for loc, msg in problems) + ".", ENTRY_HINT)
+    return entry
+
+
+def cross_field_problems(entry: ResultEntry) -> list[tuple[str, str]]:
+    """Fields that :func:`bench.evaluate` derives from one another and that disagree.
+
+    Checked outside the model so that each problem names its own field path.
+    """
+    out = []
+    n = entry.suite.n_episodes
+    for name, m in entry.metrics.items():
+        # Clean covers every evaluated episode; a costly scenario may cover a prefix.
+        if m.n_episodes != n if name == "clean" else m.n_episodes > n:
+            out.append((f"metrics.{name}.n_episodes", f"{m.n_episodes} disagrees with suite.n_episodes ({n})"))
+    return out

@@ -1,0 +1,405 @@
+"""Leaderboards: the entry schema and its migrations, ranking with ties, and
+``mrbench leaderboard build | check | show`` on a temporary copy of a suite."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from bench import leaderboard as lb
+from bench import schema
+from bench.cli import main
+from bench.errors import MrbenchError
+from bench.evaluation import mean_ci95
+from bench.stats import paired_t_test, t_two_sided_p
+
+REPO = Path(__file__).resolve().parents[1]
+RESULT = REPO / "docs" / "results" / "protonet-omniglot-5w1s.json"
+SUITE_DIR = REPO / "leaderboards" / "omniglot-5w1s" / "v1"
+
+
+def _base_entry() -> dict[str, Any]:
+    return json.loads(RESULT.read_text())
+
+
+def _base_counts() -> list[tuple[int, int]]:
+    with open(RESULT.with_name(_base_entry()["episodes_file"]), newline="") as f:
+        return [(int(r["correct"]), int(r["total"])) for r in csv.DictReader(f) if r["scenario"] == "clean"]
+
+
+def write_entry(folder: Path, name: str, counts: list[tuple[int, int]],
+                edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """An entry derived from the real protonet result, with ``counts`` as its per-episode
+    results and metrics recomputed from them the way :func:`bench.evaluate` does."""
+    entry = copy.deepcopy(_base_entry())
+    acc, ci = mean_ci95([c / t for c, t in counts])
+    entry["metrics"]["clean"] = {"accuracy": acc, "ci95": ci, "n_episodes": len(counts),
+                                 "n_queries": sum(t for _, t in counts)}
+    entry["checkpoint"]["sha256"] = hashlib.sha256(name.encode()).hexdigest()
+    entry["episodes_file"] = f"{name}.episodes.csv"
+    if edit is not None:
+        edit(entry)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{name}.episodes.csv", "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
+        w.writerows([e, "clean", c, t, repr(c / t)] for e, (c, t) in enumerate(counts))
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(entry, indent=2) + "\n")
+    return path
+
+
+def _worse(counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    return [(max(0, c - e % 4), t) for e, (c, t) in enumerate(counts)]  # 0-3 fewer right: 2 points lower
+
+
+def _tied(counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    # Two queries fewer right in all, spread over a few episodes: a lower mean, but not significantly.
+    out = list(counts)
+    lowered = raised = 0
+    for e, (c, t) in enumerate(out):
+        if lowered < 4 and c > 0:
+            out[e], lowered = (c - 1, t), lowered + 1
+        elif raised < 2 and c < t:
+            out[e], raised = (c + 1, t), raised + 1
+    assert (lowered, raised) == (4, 2)
+    return out
+
+
+@pytest.fixture
+def root(tmp_path, monkeypatch) -> Path:
+    """A leaderboards folder with omniglot-5w1s@v1 and three entries: the real protonet
+    result, one tied with it and one clearly worse."""
+    root = tmp_path / "leaderboards"
+    (root / "omniglot-5w1s" / "v1").mkdir(parents=True)
+    shutil.copy(SUITE_DIR / "suite.toml", root / "omniglot-5w1s" / "v1" / "suite.toml")
+    monkeypatch.setenv("MRBENCH_SUITES", str(root))
+    entries = root / "omniglot-5w1s" / "v1" / "entries"
+    base = _base_counts()
+    write_entry(entries, "protonet", base)
+    write_entry(entries, "protonet-tied", _tied(base))
+    write_entry(entries, "protonet-worse", _worse(base))
+    return root
+
+
+def _entries(root: Path) -> Path:
+    return root / "omniglot-5w1s" / "v1" / "entries"
+
+
+def _table(root: Path) -> list[dict[str, str]]:
+    with open(root / "omniglot-5w1s" / "v1" / "table.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _edit_json(path: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    raw = json.loads(path.read_text())
+    edit(raw)
+    path.write_text(json.dumps(raw, indent=2) + "\n")
+
+
+def _check_fails(root: Path, *fragments: str) -> str:
+    with pytest.raises(MrbenchError) as info:
+        lb.check(root)
+    msg = str(info.value)
+    for frag in fragments:
+        assert frag in msg, msg
+    return msg
+
+
+# --- build, check, ranks -----------------------------------------------------
+
+
+def test_build_then_check_passes_and_rebuild_is_byte_identical(root):
+    summaries = lb.build(root)
+    assert [s.ref for s in summaries] == ["omniglot-5w1s@v1"]
+    folder = root / "omniglot-5w1s" / "v1"
+    assert {p.name for p in summaries[0].written} == {"table.csv", "table.md"}
+    first = {name: (folder / name).read_bytes() for name in lb.TABLE_FILES}
+    assert [s.n_entries for s in lb.check(root)] == [3]
+
+    (folder / "table.csv").unlink()
+    (folder / "table.md").unlink()
+    lb.build(root)
+    assert {name: (folder / name).read_bytes() for name in lb.TABLE_FILES} == first
+    assert lb.build(root)[0].written == ()  # unchanged tables are not rewritten
+
+    md = first["table.md"].decode()
+    assert "| 1= | protonet | 1 | mrbench-metric 0.1.0 | 98.59 | 0.22 | 600 |" in md
+    assert str(root) not in md and "created" not in md  # no absolute paths, no timestamps
+
+
+def test_ties_are_decided_by_the_paired_test(root):
+    base = _base_counts()
+    accs = {name: [c / t for c, t in counts] for name, counts in
+            (("protonet", base), ("tied", _tied(base)), ("worse", _worse(base)))}
+    assert not paired_t_test(accs["protonet"], accs["tied"]).significant()
+    assert paired_t_test(accs["tied"], accs["worse"]).significant()
+
+    lb.build(root)
+    rows = [(r["rank"], r["entry"]) for r in _table(root)]
+    assert rows == [("1=", "protonet.json"), ("1=", "protonet-tied.json"), ("3", "protonet-worse.json")]
+    p = {r["entry"]: r["p_vs_above"] for r in _table(root)}
+    assert p["protonet.json"] == "" and float(p["protonet-tied.json"]) > 0.05
+    assert float(p["protonet-worse.json"]) < 0.05
+
+
+def test_transductive_entries_are_ranked_separately(root):
+    # Far better than the rest, but it sees all queries at once: its own section, its own rank 1.
+    best = [(t, t) for _, t in _base_counts()]
+    write_entry(_entries(root), "transductive", best, lambda e: e["algorithm"].update(transductive=True))
+    lb.build(root)
+    rows = [(r["section"], r["rank"], r["entry"]) for r in _table(root)]
+    assert rows[0] == ("non-transductive", "1=", "protonet.json")
+    assert rows[-1] == ("transductive", "1", "transductive.json")
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert md.index("## Non-transductive") < md.index("## Transductive") < md.index("transductive.json")
+
+
+def test_superseded_entries_leave_the_table(root):
+    # The correction is a new file; the old one stays, append-only.
+    write_entry(_entries(root), "protonet-worse-v2", _tied(_base_counts()),
+                lambda e: e.update(supersedes="protonet-worse.json", footnote="Re-evaluated with the fixed loader."))
+    lb.build(root)
+    names = [r["entry"] for r in _table(root)]
+    assert "protonet-worse.json" not in names and "protonet-worse-v2.json" in names
+    assert (_entries(root) / "protonet-worse.json").exists()
+    [summary] = lb.check(root)
+    assert (summary.n_entries, summary.n_superseded) == (4, 1)
+    assert "Re-evaluated with the fixed loader." in (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+
+
+def test_supersedes_must_name_one_existing_entry(root):
+    write_entry(_entries(root), "fix-a", _base_counts(), lambda e: e.update(supersedes="protonet.json"))
+    write_entry(_entries(root), "fix-b", _base_counts(), lambda e: e.update(supersedes="protonet.json"))
+    write_entry(_entries(root), "fix-c", _base_counts(), lambda e: e.update(supersedes="nope.json"))
+    _check_fails(root, "fix-b.json: supersedes: protonet.json is already superseded by fix-a.json",
+                 "fix-c.json: supersedes: nope.json does not exist")
+
+
+def test_reported_and_unreliable_are_shown_apart_from_measured(root):
+    _edit_json(_entries(root) / "protonet.json", lambda e: e.update(
+        reported={"clean": {"accuracy": 0.988, "source": "Snell et al. 2017"}}, unreliable=True,
+        footnote="PGD accuracy rose with eps."))
+    lb.build(root)
+    row = next(r for r in _table(root) if r["entry"] == "protonet.json")
+    assert (row["clean_accuracy_pct"], row["reported_clean_pct"], row["unreliable"]) == ("98.59", "98.80", "true")
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert "| 98.80 | † [1] |" in md
+    assert "[1] protonet.json: Reported clean accuracy 98.80% (Snell et al. 2017). PGD accuracy rose with eps." in md
+
+
+# --- check failures: every one names the file and the field ----------------------
+
+
+def _set_accuracy(value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda e: e["metrics"]["clean"].update(accuracy=value)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    pytest.param(_set_accuracy(0.99), "protonet.json: metrics.clean.accuracy: 0.99 disagrees with the mean",
+                 id="edited-number"),
+    pytest.param(_set_accuracy("0.985888888888892"), "protonet.json: metrics.clean.accuracy: Input should be a "
+                 "valid number", id="string-for-number"),
+    pytest.param(lambda e: e["suite"].update(manifest_sha256="0" * 64), "protonet.json: suite.manifest_sha256: "
+                 + "0" * 64 + " does not match", id="wrong-manifest-hash"),
+    pytest.param(lambda e: e.pop("checkpoint"), "protonet.json: checkpoint: Field required", id="missing-field"),
+    pytest.param(lambda e: e["dataset"].update(revision="ffff"), "protonet.json: dataset.revision: ffff does not "
+                 "match the revision 0583c379ce9be853", id="wrong-revision"),
+    pytest.param(lambda e: e["suite"].update(version=7), "protonet.json: suite.id/suite.version: omniglot-5w1s@v7 "
+                 "does not exist", id="unknown-suite-version"),
+    pytest.param(lambda e: e["metrics"]["clean"].update(ci95=float("nan")), "protonet.json: metrics.clean.ci95: "
+                 "is NaN", id="nan-ci"),
+    pytest.param(lambda e: e["metrics"]["clean"].update(n_queries=44999), "protonet.json: metrics.clean.n_queries: "
+                 "44999 disagrees", id="edited-count"),
+    pytest.param(lambda e: e.update(episodes_file="gone.episodes.csv"), "protonet.json: episodes_file: "
+                 "gone.episodes.csv does not exist", id="missing-episodes-file"),
+    pytest.param(lambda e: e.update(schema_version="1"), "protonet.json: schema_version: must be an integer",
+                 id="string-schema-version"),
+])
+def test_check_fails_naming_the_file_and_field(root, edit, fragment):
+    lb.build(root)
+    lb.check(root)
+    _edit_json(_entries(root) / "protonet.json", edit)
+    _check_fails(root, fragment)
+    with pytest.raises(MrbenchError):
+        lb.build(root)  # build refuses too, and writes nothing
+
+
+def test_check_fails_when_the_episode_file_disagrees(root):
+    lb.build(root)
+    ep = _entries(root) / "protonet.episodes.csv"
+    ep.write_text("".join(ep.read_text().splitlines(keepends=True)[:-1]))  # drop the last episode
+    _check_fails(root, "protonet.json: metrics.clean.n_episodes: 600, but protonet.episodes.csv has 599 episodes")
+
+
+def test_check_fails_on_a_stale_table(root):
+    lb.build(root)
+    md = root / "omniglot-5w1s" / "v1" / "table.md"
+    md.write_text(md.read_text().replace("98.59", "98.60", 1))
+    _check_fails(root, "table.md: line ", "stale")
+    lb.build(root)
+    lb.check(root)
+    # A new entry without a rebuild also leaves both tables stale.
+    write_entry(_entries(root), "late", _worse(_base_counts()))
+    msg = _check_fails(root, "table.csv: line ", "table.md: line ")
+    assert "late.json" not in msg  # the entry itself is fine
+
+
+def test_check_fails_on_a_missing_table_and_a_missing_suite(root):
+    _check_fails(root, "table.csv: table: missing", "table.md: table: missing")
+    (root / "omniglot-5w1s" / "v2" / "entries").mkdir(parents=True)
+    _check_fails(root, "suite.toml: suite: missing: omniglot-5w1s@v2 is not a suite")
+
+
+def test_default_roots_follow_mrbench_suites(root):
+    roots = lb.leaderboard_roots()
+    assert roots[0] == root and roots[-1] == REPO / "leaderboards"
+    assert lb.leaderboard_roots(root) == [root]
+
+
+# --- schema and migrations ---------------------------------------------------------
+
+
+def test_the_committed_result_validates():
+    entry = schema.validate_entry(_base_entry(), "protonet-omniglot-5w1s.json")
+    assert entry.metrics["clean"].n_episodes == 600 and entry.reported is None and entry.supersedes is None
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (_set_accuracy(1.5), "metrics.clean.accuracy: Input should be less than or equal to 1"),
+    (lambda e: e["metrics"]["clean"].update(n_episodes=True),
+     "metrics.clean.n_episodes: Input should be a valid integer"),
+    (lambda e: e["checkpoint"].update(sha256="ABC"), "checkpoint.sha256: String should match pattern"),
+    (lambda e: e.update(unexpected=1), "unexpected: Extra inputs are not permitted"),
+    (lambda e: e.update(metrics={}), "metrics: must contain the 'clean' scenario"),
+    (lambda e: e.update(reported={"clean": {"accuracy": "98.8", "source": "x"}}),
+     "reported.clean.accuracy: Input should be a valid number"),
+])
+def test_schema_is_strict(edit, fragment):
+    raw = _base_entry()
+    edit(raw)
+    with pytest.raises(MrbenchError, match="^entries/x.json: ") as info:
+        schema.validate_entry(raw, "entries/x.json")
+    assert fragment in str(info.value)
+
+
+def test_nan_ci_is_allowed_for_a_single_episode():
+    raw = _base_entry()
+    raw["suite"]["n_episodes"] = 1
+    raw["metrics"]["clean"].update(n_episodes=1, n_queries=75, ci95=float("nan"))
+    assert math.isnan(schema.validate_entry(raw, "x.json").metrics["clean"].ci95)
+
+
+def test_schema_version_matches_what_evaluate_writes():
+    import bench.evaluation
+
+    assert bench.evaluation.SCHEMA_VERSION == schema.SCHEMA_VERSION
+
+
+def test_migration_upgrades_step_by_step(monkeypatch):
+    monkeypatch.setattr(schema, "MIGRATIONS", {})
+
+    @schema.migration(0)
+    def _v0_to_v1(raw: dict[str, Any]) -> dict[str, Any]:
+        # A made-up v0 that kept the clean numbers at the top level.
+        raw["metrics"] = {"clean": raw.pop("clean")}
+        raw["schema_version"] = 1
+        return raw
+
+    v0 = _base_entry()
+    v0["clean"] = v0.pop("metrics")["clean"]
+    v0["schema_version"] = 0
+    before = copy.deepcopy(v0)
+    entry = schema.validate_entry(v0, "old.json")
+    assert entry.schema_version == 1 and entry.metrics["clean"].accuracy == before["clean"]["accuracy"]
+    assert v0 == before  # migrate does not modify its input
+
+    with pytest.raises(ValueError, match="already registered"):
+        schema.migration(0)(_v0_to_v1)
+    with pytest.raises(MrbenchError, match="schema_version: no migration from version -1"):
+        schema.migrate({**v0, "schema_version": -1})
+    with pytest.raises(MrbenchError, match="old.json: schema_version: 2 is newer"):
+        schema.validate_entry({**v0, "schema_version": 2}, "old.json")
+
+
+# --- the paired test ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t, df, p", [  # reference values: scipy.stats.t.sf(t, df) * 2
+    (2.0, 10, 0.07338803477074037), (0.5, 3, 0.651447964848151), (1.96, 599, 0.05045900417291545),
+    (3.3, 1, 0.18731554186375868), (10.0, 50, 1.6077334688335447e-13), (0.0, 5, 1.0),
+    (2.5, 1_000_000, 0.012419489502163254),
+])
+def test_t_distribution(t, df, p):
+    assert t_two_sided_p(t, df) == pytest.approx(p, rel=1e-9, abs=1e-15)
+    assert t_two_sided_p(-t, df) == pytest.approx(p, rel=1e-9, abs=1e-15)
+
+
+def test_paired_t_test():
+    a, b = [1, 0.9, 0.8, 1, 0.95, 0.7], [0.9, 0.9, 0.7, 1, 0.9, 0.75]
+    res = paired_t_test(a, b)  # scipy.stats.ttest_rel(a, b)
+    assert (res.t, res.p, res.df) == (pytest.approx(1.3483997249264834), pytest.approx(0.23538747727819023), 5)
+    assert paired_t_test(a, a).p == 1.0  # identical results tie
+    assert paired_t_test([1.0, 0.9], [0.9, 0.8]).p == 0.0  # the same non-zero gap on every episode
+    assert paired_t_test([1.0], [0.0]).p == 1.0  # one episode: no evidence
+    with pytest.raises(ValueError):
+        paired_t_test([1.0], [1.0, 0.5])
+
+
+# --- the CLI -------------------------------------------------------------------------
+
+
+def _one_paragraph(err: str) -> None:
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+
+
+def test_cli_leaderboard_commands(root, capsys):
+    assert main(["leaderboard", "check", "--root", str(root)]) == 2
+    _one_paragraph(capsys.readouterr().err)
+
+    assert main(["leaderboard", "build", "--root", str(root)]) == 0
+    assert "table.csv, table.md written" in capsys.readouterr().out
+    assert main(["leaderboard", "check", "--root", str(root)]) == 0
+    assert "leaderboard check passed: 1 leaderboard(s), 3 entries" in capsys.readouterr().out
+    assert main(["leaderboard", "show", "omniglot-5w1s", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "omniglot-5w1s@v1" in out and "98.59 ± 0.22" in out and "1=" in out
+
+    assert main(["leaderboard", "show", "omniglot-5w5s", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "No leaderboard for suite 'omniglot-5w5s'" in err
+
+    _edit_json(_entries(root) / "protonet-tied.json", _set_accuracy("0.98"))
+    assert main(["leaderboard", "check", "--root", str(root)]) == 2
+    err = capsys.readouterr().err
+    _one_paragraph(err)
+    assert "protonet-tied.json: metrics.clean.accuracy: Input should be a valid number" in err
+
+
+# --- what evaluate() writes goes on a leaderboard as is ------------------------------------
+
+
+def test_an_evaluated_entry_builds_and_checks(tmp_path, tiny_suite, monkeypatch):
+    from bench.evaluation import evaluate
+    from bench.suites import get_suite
+    from bench.training import train
+
+    train("protonet", tiny_suite, tmp_path / "p.pt", steps=2, meta_batch=1, device="cpu")
+    folder = tmp_path / "boards" / tiny_suite / "v1"
+    entry = evaluate(None, tiny_suite, tmp_path / "p.pt", out=folder / "entries" / "protonet.json", device="cpu")
+    pins = f'revision = "{entry["dataset"]["revision"]}"\nmanifest_sha256 = "{entry["suite"]["manifest_sha256"]}"\n'
+    (folder / "suite.toml").write_text(get_suite(tiny_suite).path.read_text().rstrip("\n") + "\n" + pins)
+    monkeypatch.setenv("MRBENCH_SUITES", str(tmp_path / "boards"))
+
+    lb.build(tmp_path / "boards")
+    [summary] = lb.check(tmp_path / "boards")
+    assert summary.ref == f"{tiny_suite}@v1" and summary.n_entries == 1
