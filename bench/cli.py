@@ -75,14 +75,16 @@ def cmd_suites(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title="mrbench suites")
-    for col in ("suite", "episodes", "test data", "train data", "manifest sha256", "description"):
+    def data(ref) -> str:
+        opts = " ".join(f"{k}={v}" for k, v in ref.options.items())
+        return f"{ref.dataset}{' (' + opts + ')' if opts else ''} {ref.split}"
+
+    table = Table(title="mrbench suites (descriptions: mrbench suites --json)")
+    for col in ("suite", "episodes", "test data", "train data", "manifest"):
         table.add_column(col, overflow="fold")
     for s in suites:
-        table.add_row(s.ref, f"{s.spec.n_way}w{s.spec.k_shot}s{s.spec.n_query}q x {s.n_episodes}",
-                      f"{s.test.dataset} {s.test.options or ''} {s.test.split}",
-                      f"{s.train.dataset} {s.train.options or ''} {s.train.split}",
-                      (s.manifest_sha256 or "(not pinned)")[:16], s.description)
+        table.add_row(s.ref, f"{s.spec.n_way}-way {s.spec.k_shot}-shot, {s.spec.n_query} q/class, x{s.n_episodes}",
+                      data(s.test), data(s.train), (s.manifest_sha256 or "(not pinned)")[:12])
     _console().print(table)
     return 0
 
