@@ -75,12 +75,16 @@ def test_misspelled_flag():
 def test_missing_data_root(tmp_path):
     proc = run_cli("train", "protonet", "--suite", "omniglot-5w1s", "--steps", "1", "--out", str(tmp_path / "x.pt"),
                    env={"MRBENCH_DATA": str(tmp_path / "nowhere"), "MRBENCH_CACHE": str(tmp_path / "cache")})
-    assert_clean_error(proc, "images_background.zip", "MRBENCH_DATA", "mrbench data download omniglot")
+    assert_clean_error(proc, f"{tmp_path / 'nowhere'}", "does not exist", "MRBENCH_DATA",
+                       "mrbench data download omniglot")
 
 
 def test_truncated_archive_names_the_file(tmp_path):
     root = tmp_path / "data" / "omniglot"
-    root.mkdir(parents=True)
+    # A valid split file, so the archive is what fails.
+    (root / "splits" / "vinyals").mkdir(parents=True)
+    for name in ("train", "val", "test"):
+        (root / "splits" / "vinyals" / f"{name}.json").write_text('{"background": {"A": ["character01"]}}')
     with zipfile.ZipFile(root / "images_background.zip", "w") as zf:
         for i in range(50):
             zf.writestr(f"images_background/A/character01/{i:04d}_01.png", os.urandom(2000))
@@ -88,7 +92,8 @@ def test_truncated_archive_names_the_file(tmp_path):
     (root / "images_background.zip").write_bytes(data[: len(data) // 2])
     proc = run_cli("data", "check", "omniglot", "--data-root", str(tmp_path / "data"),
                    env={"MRBENCH_CACHE": str(tmp_path / "cache")})
-    assert_clean_error(proc, "images_background.zip")
+    assert_clean_error(proc, f"{root / 'images_background.zip'} is not a readable zip archive",
+                       "truncated, corrupt", "mrbench data download omniglot")
 
 
 def test_missing_checkpoint(tmp_path):
