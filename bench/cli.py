@@ -97,17 +97,43 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
                  reporter=_reporter("steps", args.quiet), val_every=args.val_every)
 
 
+def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
+    """``ID:SEVERITY`` -> one scenario; a bare ``ID`` -> every severity of that shift."""
+    if not specs:
+        return []
+    from bench.plugins import get_registry
+
+    registry = get_registry()
+    out: list[tuple[str, int]] = []
+    for spec in specs:
+        shift_id, _, sev = spec.partition(":")
+        cls = registry.get("shift", shift_id)
+        if not sev:
+            out += [(shift_id, s) for s in cls.severities]
+            continue
+        try:
+            out.append((shift_id, int(sev)))
+        except ValueError:
+            raise MrbenchError(f"--shift {spec!r}: severity {sev!r} is not an integer.",
+                               "Write ID:SEVERITY, e.g. --shift gaussian-noise:3, or a bare ID for every severity.") from None
+    return out
+
+
 def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None):
     from bench.evaluation import evaluate
 
     return evaluate(algorithm, suite, ckpt, out=out, n_episodes=args.episodes, options=options,
-                    device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet))
+                    device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet),
+                    shifts=_parse_shifts(getattr(args, "shift", None)))
 
 
 def _summary(entry: dict[str, Any]) -> str:
-    m = entry["metrics"]["clean"]
-    return (f"{entry['algorithm']['id']} on {entry['suite']['id']}@v{entry['suite']['version']}: "
-            f"clean accuracy {100 * m['accuracy']:.2f}% +- {100 * m['ci95']:.2f} (95% CI, {m['n_episodes']} episodes)")
+    lines = []
+    for name, m in entry["metrics"].items():
+        lines.append(f"{entry['algorithm']['id']} on {entry['suite']['id']}@v{entry['suite']['version']}: "
+                     f"{name} accuracy {100 * m['accuracy']:.2f}% +- {100 * m['ci95']:.2f} "
+                     f"(95% CI, {m['n_episodes']} episodes)")
+    return "\n".join(lines)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -232,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="result entry JSON (rerun the same command to resume)")
     sp.add_argument("--episodes", type=int, default=None, help="only the first N of the suite's episodes")
     sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="override an algorithm option")
+    sp.add_argument("--shift", action="append", metavar="ID[:SEVERITY]",
+                    help="also evaluate under a shift on the same episodes (repeatable; a bare ID runs every severity)")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
 

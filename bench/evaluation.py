@@ -14,7 +14,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -63,6 +63,7 @@ def evaluate(
     reporter: Reporter | None = None,
     execution: Execution | None = None,
     chunk_episodes: int = 25,
+    shifts: Sequence[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
@@ -75,6 +76,10 @@ def evaluate(
     :param n_episodes: evaluate only the first ``n`` of the suite's episodes.
     :param options: overrides of the checkpoint's algorithm options (e.g. test-time
         inner steps); recorded in the entry.
+    :param shifts: ``(shift id, severity)`` scenarios evaluated next to ``clean`` on the
+        same episodes; scenario ``<id>@<severity>`` in the entry. Each episode is shifted
+        with its own generator seeded from (suite seed, scenario, episode), so results do
+        not depend on chunking or on which other scenarios run.
     """
     from bench.plugins import get_registry
     from bench.suites import suite_manifest
@@ -97,10 +102,20 @@ def evaluate(
     manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes)
     split = split.to(dev)
     spec = manifest.spec
+    scenarios: list[tuple[str, Any, int]] = [("clean", None, 0)]
+    for shift_id, severity in shifts or ():
+        shift = registry.create("shift", shift_id)
+        if severity not in shift.severities:
+            raise MrbenchError(f"Shift {shift_id!r} has no severity {severity}.",
+                               f"Its severities: {', '.join(map(str, shift.severities))}.")
+        scenarios.append((f"{shift_id}@{severity}", shift, severity))
+    names = [name for name, _, _ in scenarios]
+    if len(set(names)) != len(names):
+        raise MrbenchError(f"A scenario is listed twice: {', '.join(names)}.", "List each shift and severity once.")
     key = digest({"ckpt": ckpt_sha, "manifest": manifest.sha256(), "options": algo.options.model_dump(mode="json"),
-                  "revision": split.revision})
+                  "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None]})
 
-    done: dict[int, tuple[int, int]] = {}
+    done: dict[tuple[str, int], tuple[int, int]] = {}
     partial = _partial_path(Path(out)) if out else None
     if partial is not None and partial.exists():
         lines = partial.read_text().splitlines()
@@ -110,7 +125,7 @@ def evaluate(
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     break  # a torn last line from a crash: recompute from there
-                done[int(rec["episode"])] = (int(rec["correct"]), int(rec["total"]))
+                done[(rec.get("scenario", "clean"), int(rec["episode"]))] = (int(rec["correct"]), int(rec["total"]))
         else:
             partial.unlink()
     if partial is not None and not partial.exists():
@@ -118,30 +133,39 @@ def evaluate(
         partial.write_text(json.dumps({"key": key}) + "\n")
 
     E = manifest.n_episodes
-    todo = [e for e in range(E) if e not in done]
+    todo = [e for e in range(E) if any((n, e) not in done for n in names)]
     reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
     with sigterm_as_interrupt():
         try:
             for i in range(0, len(todo), chunk_episodes):
                 ids = todo[i : i + chunk_episodes]
-                episodes = gather(split, manifest[torch.tensor(ids)].to(dev))
-                logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
-                correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
-                total = episodes.y_query.shape[-1]
+                clean = gather(split, manifest[torch.tensor(ids)].to(dev))
+                results = []
+                for name, shift, severity in scenarios:
+                    episodes = clean if shift is None else _shifted(shift, severity, clean, ids, suite.seed, name)
+                    logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
+                    correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
+                    total = int(episodes.y_query.shape[-1])
+                    results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
                 if partial is not None:  # on disk first, so a count we report as saved is saved
                     with open(partial, "a") as f:
-                        f.write("".join(json.dumps({"episode": e, "correct": int(c), "total": int(total)}) + "\n"
-                                        for e, c in zip(ids, correct)))
-                done.update((e, (int(c), int(total))) for e, c in zip(ids, correct))
-                reporter.advance(len(ids), acc=sum(c for c, _ in done.values()) / max(1, sum(t for _, t in done.values())))
+                        f.write("".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}) + "\n"
+                                        for n, e, c, t in results))
+                done.update(((n, e), (c, t)) for n, e, c, t in results)
+                clean_done = [v for (n, _), v in done.items() if n == "clean"]
+                reporter.advance(len(ids), acc=sum(c for c, _ in clean_done) / max(1, sum(t for _, t in clean_done)))
         except KeyboardInterrupt:
             reporter.stop()
-            where = f"; {len(done)}/{E} episodes saved to {partial}" if partial else ""
+            n_done = sum(all((n, e) in done for n in names) for e in range(E))
+            where = f"; {n_done}/{E} episodes saved to {partial}" if partial else ""
             raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
     reporter.stop()
 
-    accs = [done[e][0] / done[e][1] for e in range(E)]
-    acc, ci = mean_ci95(accs)
+    metrics: dict[str, Any] = {}
+    for name in names:
+        acc, ci = mean_ci95([done[(name, e)][0] / done[(name, e)][1] for e in range(E)])
+        metrics[name] = {"accuracy": acc, "ci95": ci, "n_episodes": E,
+                         "n_queries": sum(done[(name, e)][1] for e in range(E))}
     entry = {
         "schema_version": SCHEMA_VERSION,
         "kind": "mrbench-result",
@@ -156,7 +180,7 @@ def evaluate(
                                                "lr_decay_every", "lr_decay", "episodes_seen", "wall_time_s",
                                                "adversarial")}
         | {"device": meta.get("environment", {}).get("device")},
-        "metrics": {"clean": {"accuracy": acc, "ci95": ci, "n_episodes": E, "n_queries": sum(t for _, t in done.values())}},
+        "metrics": metrics,
         "sanity": {},
         "unreliable": False,
         "environment": environment(dev),
@@ -171,9 +195,10 @@ def evaluate(
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
-        for e in range(E):
-            c, t = done[e]
-            w.writerow([e, "clean", c, t, repr(c / t)])
+        for name in names:
+            for e in range(E):
+                c, t = done[(name, e)]
+                w.writerow([e, name, c, t, repr(c / t)])
         atomic_write_text(ep_path, buf.getvalue())
         entry["episodes_file"] = ep_path.name
         atomic_write_text(out, json.dumps(entry, indent=2) + "\n")
@@ -181,3 +206,14 @@ def evaluate(
             partial.unlink(missing_ok=True)
     return entry
 
+
+
+def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, scenario: str) -> Any:
+    """Apply ``shift`` to each episode with its own generator, then re-stack the batch."""
+    from bench.components import Episode
+
+    out = []
+    for j, e in enumerate(ids):
+        g = torch.Generator().manual_seed(int(digest([seed, scenario, e]), 16) & ((1 << 63) - 1))
+        out.append(shift.apply(clean[j], severity, g))
+    return Episode(*(torch.stack(ts) for ts in zip(*(ep.tensors() for ep in out))))

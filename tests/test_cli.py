@@ -96,6 +96,15 @@ def test_truncated_archive_names_the_file(tmp_path):
                        "truncated, corrupt", "mrbench data download omniglot")
 
 
+def test_unknown_shift_and_bad_severity(tmp_path, tiny_suite):
+    proc = run_cli("evaluate", "protonet", "--suite", "glyphs-5w1s", "--checkpoint", "x.pt", "--out", "r.json",
+                   "--shift", "gausian-noise:2")
+    assert_clean_error(proc, "Unknown shift 'gausian-noise'", "Did you mean 'gaussian-noise'?")
+    proc = run_cli("evaluate", "protonet", "--suite", "glyphs-5w1s", "--checkpoint", "x.pt", "--out", "r.json",
+                   "--shift", "gaussian-noise:high")
+    assert_clean_error(proc, "severity 'high' is not an integer")
+
+
 def test_missing_checkpoint(tmp_path):
     proc = run_cli("evaluate", "protonet", "--suite", "glyphs-5w1s", "--checkpoint", str(tmp_path / "none.pt"),
                    "--out", str(tmp_path / "r.json"))
@@ -108,11 +117,12 @@ def test_train_evaluate_run_end_to_end(tmp_path, tiny_suite, capsys):
     assert main(["train", "protonet", "--suite", tiny_suite, "--steps", "3", "--meta-batch", "1", "--out", str(ckpt),
                  *common]) == 0
     assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(res),
-                 *common]) == 0
+                 "--shift", "gaussian-noise:2", "--shift", "contrast", *common]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "clean accuracy" in out and str(res) in out
+    assert "clean accuracy" in out and "gaussian-noise@2 accuracy" in out and str(res) in out
     entry = json.loads(res.read_text())
     assert entry["metrics"]["clean"]["n_episodes"] == 12
+    assert list(entry["metrics"]) == ["clean", "gaussian-noise@2"] + [f"contrast@{s}" for s in range(1, 6)]
     assert main(["run", "--suite", tiny_suite, "--steps", "2", "--out", str(tmp_path / "runs"), *common]) == 0
     out = " ".join(capsys.readouterr().out.split())
     run_dir = tmp_path / "runs" / "tiny-glyphs-v1-protonet-seed0"

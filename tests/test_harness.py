@@ -164,3 +164,24 @@ def test_every_algorithm_trains_and_evaluates(tmp_path, tiny_suite, algorithm):
     assert entry["algorithm"]["transductive"] is bool(algo.transductive)
     assert entry["algorithm"]["options"] == algo.options.model_dump(mode="json")  # defaults are recorded
     assert 0.0 <= entry["metrics"]["clean"]["accuracy"] <= 1.0
+
+
+def test_shift_scenarios_run_on_the_same_episodes(tmp_path, tiny_suite):
+    from bench.schema import validate_entry
+
+    _train(tmp_path / "p.pt", tiny_suite)
+    plain = evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu")
+    shifts = [("gaussian-noise", 5), ("label-noise", 4)]
+    a = evaluate(None, tiny_suite, tmp_path / "p.pt", out=tmp_path / "a.json", device="cpu", shifts=shifts,
+                 chunk_episodes=5)
+    b = evaluate(None, tiny_suite, tmp_path / "p.pt", out=tmp_path / "b.json", device="cpu", shifts=shifts,
+                 chunk_episodes=12)
+    assert list(a["metrics"]) == ["clean", "gaussian-noise@5", "label-noise@4"]
+    assert a["metrics"]["clean"] == plain["metrics"]["clean"], "shifts must not change the clean scenario"
+    assert a["metrics"] == b["metrics"], "shifted results must not depend on chunking"
+    assert a["metrics"]["gaussian-noise@5"]["accuracy"] != a["metrics"]["clean"]["accuracy"]
+    rows = (tmp_path / "a.episodes.csv").read_text().splitlines()[1:]
+    assert len(rows) == 3 * 12 and {r.split(",")[1] for r in rows} == set(a["metrics"])
+    validate_entry(json.loads((tmp_path / "a.json").read_text()), "a.json")
+    with pytest.raises(MrbenchError, match="no severity 9"):
+        evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu", shifts=[("gaussian-noise", 9)])
