@@ -214,6 +214,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from bench.scaffold import new_plugin
+
+    target = new_plugin(args.name, args.dir)
+    print(f"plugin distribution written to {target}; next: cd {target} && pip install -e . && pytest "
+          "(see its README.md)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bench import __version__
 
@@ -295,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("suite", nargs="?", default=None, help="suite id or id@vN (default: every leaderboard)")
     d.add_argument("--root", default=None, help=root_help)
     sp.set_defaults(func=cmd_leaderboard)
+
+    sp = sub.add_parser("new-plugin", help="generate an algorithm plugin distribution (entry point, skeleton, tests)")
+    sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo")
+    sp.add_argument("--dir", default=".", help="parent folder (default: the current one)")
+    sp.set_defaults(func=cmd_new_plugin)
     return p
 
 

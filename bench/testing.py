@@ -1,6 +1,19 @@
 """Contract checks every algorithm plugin must pass, shipped to plugin authors.
 
-Use them from your own tests::
+This module is also a pytest plugin (the ``pytest11`` entry point ``mrbench``), so
+with mrbench installed every pytest run has the ``mrbench_check`` fixture, one test
+per contract check::
+
+    def test_contract(mrbench_check):
+        mrbench_check(MyAlgorithm())
+
+or, without the fixture, one line that makes the parametrized test::
+
+    from bench.testing import algorithm_contract_tests
+
+    test_contract = algorithm_contract_tests(MyAlgorithm, MyAlgorithm(fast=True))
+
+or by hand::
 
     from bench.testing import ALGORITHM_CHECKS
 
@@ -8,7 +21,8 @@ Use them from your own tests::
     def test_contract(check):
         check(MyAlgorithm())
 
-mrbench's own test suite runs them over every registered algorithm.
+mrbench's own test suite runs them over every registered algorithm. Importing this
+module has no side effects (it loads no plugins and builds no registry).
 """
 
 from __future__ import annotations
@@ -212,3 +226,48 @@ ALGORITHM_CHECKS: list[Callable[[Algorithm], None]] = [
     check_train_step,
     check_strict_options,
 ]
+
+
+def _check_id(check: Callable[[Algorithm], None]) -> str:
+    return check.__name__.removeprefix("check_")
+
+
+def _make_algorithm(algorithm: "Algorithm | type[Algorithm] | Callable[[], Algorithm]") -> Algorithm:
+    return algorithm if isinstance(algorithm, Algorithm) else algorithm()
+
+
+def _algorithm_id(algorithm: object) -> str:
+    if isinstance(algorithm, Algorithm):
+        opts = algorithm.options.model_dump(mode="json", exclude_defaults=True)
+        return algorithm.id + "".join(f",{k}={v}" for k, v in opts.items())
+    return str(getattr(algorithm, "id", None) or getattr(algorithm, "__name__", "algorithm"))
+
+
+def algorithm_contract_tests(*algorithms: "Algorithm | type[Algorithm] | Callable[[], Algorithm]"):
+    """A pytest test function running every contract check on each algorithm.
+
+    Assign it to a ``test_*`` name in a test module::
+
+        test_contract = algorithm_contract_tests(MyAlgorithm, MyAlgorithm(bn="batch"))
+
+    :param algorithms: algorithm classes (created with default options), instances,
+        or zero-argument factories; a fresh instance is made per check when a class
+        or factory is given.
+    """
+    if not algorithms:
+        raise TypeError("algorithm_contract_tests needs at least one algorithm class, instance or factory")
+
+    @pytest.mark.parametrize("check", ALGORITHM_CHECKS, ids=_check_id)
+    @pytest.mark.parametrize("algorithm", algorithms, ids=[_algorithm_id(a) for a in algorithms])
+    def test_contract(algorithm, check) -> None:
+        check(_make_algorithm(algorithm))
+
+    return test_contract
+
+
+@pytest.fixture(params=ALGORITHM_CHECKS, ids=_check_id)
+def mrbench_check(request: pytest.FixtureRequest) -> Callable[[Algorithm], None]:
+    """One of :data:`ALGORITHM_CHECKS` (the test runs once per check): call it on
+    your algorithm, ``mrbench_check(MyAlgorithm())``. Provided by mrbench's pytest
+    plugin (this module, the ``pytest11`` entry point ``mrbench``)."""
+    return request.param

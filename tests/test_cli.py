@@ -7,9 +7,7 @@ import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-import pytest
 
 from bench.cli import main
 

@@ -14,9 +14,6 @@ from bench.evaluation import evaluate
 from bench.execution import Execution
 from bench.training import train
 
-PROTO = {"train_way": None}
-
-
 def _train(out, suite, **kw):
     kw.setdefault("steps", 4)
     kw.setdefault("meta_batch", 2)
@@ -27,7 +24,11 @@ def test_train_writes_a_weights_only_checkpoint(tmp_path, tiny_suite):
     res = _train(tmp_path / "p.pt", tiny_suite)
     payload = torch.load(tmp_path / "p.pt", weights_only=True)
     assert payload["format"] == "mrbench-checkpoint"
-    assert set(payload["params"]) == set(res.meta and payload["params"])
+    from bench.plugins import get_registry
+    from bench.testing import init_params
+
+    assert set(payload["params"]) == set(init_params(get_registry().create("algorithm", "protonet")))
+    assert payload["params"]["backbone.conv0.weight"].shape == (64, 1, 3, 3)
     side = json.loads((tmp_path / "p.pt.json").read_text())
     assert side["sha256"] == res.sha256 and side["steps"] == 4 and side["algorithm"]["id"] == "protonet"
     assert not (tmp_path / "p.pt.partial").exists()
@@ -42,7 +43,7 @@ def test_train_is_idempotent_and_refuses_to_overwrite(tmp_path, tiny_suite):
 
 
 def test_interrupted_training_resumes_to_the_same_weights(tmp_path, tiny_suite, monkeypatch):
-    reference = _train(tmp_path / "ref.pt", tiny_suite, steps=6)
+    _train(tmp_path / "ref.pt", tiny_suite, steps=6)
     real = train_mod.meta_loss_backward
     calls = {"n": 0}
 
