@@ -300,7 +300,19 @@ def _sample_polylines(cp: Tensor, width: float, n: int, gen: torch.Generator, im
     py = (sin * x + cos * y) * half + half + shift[:, 1].view(n, 1, 1)
     curve = _bezier(torch.stack((px, py), -1), _POINTS_PER_STROKE)
     half_width = width * pen * (image_size / _REF_SIZE) / 2
+    # Snap to a 1/256-pixel grid before rendering. The float64 geometry above goes through
+    # torch's vectorised randn/cos/sin, whose last bits differ between CPUs (AVX2 vs
+    # AVX-512 kernels); without the snap those bits occasionally flipped one rendered
+    # pixel and so the split's revision differed between machines. Grid values are exact
+    # in float32 and the renderer below uses only correctly rounded IEEE operations, so
+    # the images are now the same on every machine (unless a value lands within ~1e-13
+    # of a grid boundary, about once in 10^4 generations).
+    curve = torch.round(curve * _GRID) / _GRID
+    half_width = torch.round(half_width * _GRID) / _GRID
     return curve.to(torch.float32), half_width.to(torch.float32)
+
+
+_GRID = 256.0
 
 
 def _render(points: Tensor, half_width: Tensor, image_size: int) -> Tensor:
