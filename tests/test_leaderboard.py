@@ -38,13 +38,21 @@ def _base_counts() -> list[tuple[int, int]]:
 
 
 def write_entry(folder: Path, name: str, counts: list[tuple[int, int]],
-                edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
+                edit: Callable[[dict[str, Any]], None] | None = None,
+                scenarios: dict[str, list[tuple[int, int]]] | None = None) -> Path:
     """An entry derived from the real protonet result, with ``counts`` as its per-episode
-    results and metrics recomputed from them the way :func:`bench.evaluate` does."""
+    results and metrics recomputed from them the way :func:`bench.evaluate` does.
+
+    :param scenarios: extra scenario name -> its per-episode ``(correct, total)`` (a prefix
+        of the episodes is allowed, as for a costly attack).
+    """
     entry = copy.deepcopy(_base_entry())
-    acc, ci = mean_ci95([c / t for c, t in counts])
-    entry["metrics"]["clean"] = {"accuracy": acc, "ci95": ci, "n_episodes": len(counts),
-                                 "n_queries": sum(t for _, t in counts)}
+    per_scenario = {"clean": counts, **(scenarios or {})}
+    entry["metrics"] = {}
+    for scenario, sc_counts in per_scenario.items():
+        acc, ci = mean_ci95([c / t for c, t in sc_counts])
+        entry["metrics"][scenario] = {"accuracy": acc, "ci95": ci, "n_episodes": len(sc_counts),
+                                      "n_queries": sum(t for _, t in sc_counts)}
     entry["checkpoint"]["sha256"] = hashlib.sha256(name.encode()).hexdigest()
     entry["episodes_file"] = f"{name}.episodes.csv"
     if edit is not None:
@@ -53,7 +61,8 @@ def write_entry(folder: Path, name: str, counts: list[tuple[int, int]],
     with open(folder / f"{name}.episodes.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
-        w.writerows([e, "clean", c, t, repr(c / t)] for e, (c, t) in enumerate(counts))
+        for scenario, sc_counts in per_scenario.items():
+            w.writerows([e, scenario, c, t, repr(c / t)] for e, (c, t) in enumerate(sc_counts))
     path = folder / f"{name}.json"
     path.write_text(json.dumps(entry, indent=2) + "\n")
     return path
@@ -120,20 +129,23 @@ def _check_fails(root: Path, *fragments: str) -> str:
 
 
 def test_build_then_check_passes_and_rebuild_is_byte_identical(root):
-    summaries = lb.build(root)
-    assert [s.ref for s in summaries] == ["omniglot-5w1s@v1"]
+    built = lb.build(root)
+    assert [s.ref for s in built.boards] == ["omniglot-5w1s@v1"]
     folder = root / "omniglot-5w1s" / "v1"
-    assert {p.name for p in summaries[0].written} == {"table.csv", "table.md"}
-    first = {name: (folder / name).read_bytes() for name in lb.TABLE_FILES}
+    assert {p.name for p in built.boards[0].written} == {"table.csv", "table.md", "table.html"}
+    assert built.indexes == built.indexes_written == (root / "index.html",)
+    generated = [folder / name for name in lb.TABLE_FILES] + [root / "index.html"]
+    first = {p: p.read_bytes() for p in generated}
     assert [s.n_entries for s in lb.check(root)] == [3]
 
-    (folder / "table.csv").unlink()
-    (folder / "table.md").unlink()
+    for p in generated:
+        p.unlink()
     lb.build(root)
-    assert {name: (folder / name).read_bytes() for name in lb.TABLE_FILES} == first
-    assert lb.build(root)[0].written == ()  # unchanged tables are not rewritten
+    assert {p: p.read_bytes() for p in generated} == first
+    again = lb.build(root)
+    assert again.boards[0].written == () and again.indexes_written == ()  # unchanged files are not rewritten
 
-    md = first["table.md"].decode()
+    md = first[folder / "table.md"].decode()
     assert "| 1= | protonet | 1 | mrbench-metric 0.1.0 | 98.59 | 0.22 | 600 |" in md
     assert str(root) not in md and "created" not in md  # no absolute paths, no timestamps
 
@@ -256,7 +268,8 @@ def test_check_fails_on_a_stale_table(root):
 
 
 def test_check_fails_on_a_missing_table_and_a_missing_suite(root):
-    _check_fails(root, "table.csv: table: missing", "table.md: table: missing")
+    _check_fails(root, "table.csv: table: missing", "table.md: table: missing", "table.html: table: missing",
+                 "index.html: index: missing")
     (root / "omniglot-5w1s" / "v2" / "entries").mkdir(parents=True)
     _check_fails(root, "suite.toml: suite: missing: omniglot-5w1s@v2 is not a suite")
 
@@ -369,7 +382,8 @@ def test_cli_leaderboard_commands(root, capsys):
     _one_paragraph(capsys.readouterr().err)
 
     assert main(["leaderboard", "build", "--root", str(root)]) == 0
-    assert "table.csv, table.md written" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "table.csv, table.md, table.html written" in out and "index.html: written" in out
     assert main(["leaderboard", "check", "--root", str(root)]) == 0
     assert "leaderboard check passed: 1 leaderboard(s), 3 entries" in capsys.readouterr().out
     assert main(["leaderboard", "show", "omniglot-5w1s", "--root", str(root)]) == 0
