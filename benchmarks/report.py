@@ -1,0 +1,256 @@
+"""Render a pytest-benchmark JSON of ``benchmarks/test_throughput.py`` as a Markdown report.
+
+    python -m benchmarks.report RUN.json [--name NAME] [--out benchmarks/results]
+
+writes ``<out>/<name>.json`` (a copy of the input) and ``<out>/<name>.md``: the
+machine, a summary, and per group (one computation) a row per case (mrbench
+variants, peers, ceilings) with the median / min / max seconds per call, the rate,
+images/s, the ratio to the best peer's rate and the fraction of the best ceiling's
+images/s, and the peak memory. Every number comes from the JSON.
+
+Uses the standard library only, so it runs anywhere the JSON is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROLES = ("mrbench", "peer", "ceiling")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One timed case, with its rates derived from the median time per call."""
+
+    group: str
+    role: str
+    variant: str
+    median: float
+    min: float
+    max: float
+    rounds: int
+    unit: str
+    units_per_call: int
+    images_per_call: int
+    info: dict[str, Any]
+
+    @property
+    def rate(self) -> float:
+        """Units (steps or episodes) per second."""
+        return self.units_per_call / self.median
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_per_call / self.median
+
+
+def rows_of(data: dict[str, Any]) -> list[Row]:
+    """The cases of a pytest-benchmark JSON that carry this suite's ``extra_info``."""
+    out = []
+    for b in data.get("benchmarks", []):
+        info, stats = b.get("extra_info") or {}, b.get("stats") or {}
+        if info.get("role") not in ROLES or not stats.get("median"):
+            continue
+        out.append(Row(
+            group=b.get("group") or f"{info.get('kind')} {info.get('algorithm')}",
+            role=info["role"], variant=str(info.get("variant", "")),
+            median=float(stats["median"]), min=float(stats["min"]), max=float(stats["max"]),
+            rounds=int(stats.get("rounds", 0)), unit=str(info.get("unit", "call")),
+            units_per_call=int(info.get("units_per_call", 1)), images_per_call=int(info.get("images_per_call", 0)),
+            info=info,
+        ))
+    return out
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    """``x`` to ``digits`` significant digits, without exponent for everyday magnitudes."""
+    if x is None:
+        return "-"
+    if x == 0:
+        return "0"
+    if abs(x) >= 10 ** digits:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) >= 1e-3 else f"{x:.2e}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _frac(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _mb(x: Any) -> str:
+    return "-" if x is None else f"{float(x):,.0f}"
+
+
+@dataclass(frozen=True)
+class Group:
+    """The rows of one computation and its references."""
+
+    name: str
+    rows: list[Row]
+
+    def best(self, role: str, key: str = "rate") -> Row | None:
+        cands = [r for r in self.rows if r.role == role]
+        return max(cands, key=lambda r: getattr(r, key)) if cands else None
+
+    def vs_peer(self, row: Row) -> float | None:
+        """``row``'s rate over the best peer's (> 1: faster than every peer)."""
+        peer = self.best("peer")
+        return row.rate / peer.rate if peer is not None and row.role != "ceiling" else None
+
+    def vs_ceiling(self, row: Row) -> float | None:
+        """``row``'s images/s as a fraction of the best ceiling's."""
+        ceiling = self.best("ceiling", "images_per_s")
+        return row.images_per_s / ceiling.images_per_s if ceiling is not None and row.images_per_call else None
+
+
+def groups_of(rows: list[Row]) -> list[Group]:
+    """Rows by group, in first-seen order; within a group mrbench, peer, ceiling."""
+    order: dict[str, list[Row]] = {}
+    for r in rows:
+        order.setdefault(r.group, []).append(r)
+    return [Group(name, sorted(rs, key=lambda r: ROLES.index(r.role))) for name, rs in order.items()]
+
+
+def describe(group: Group) -> str:
+    """One line saying what a call of the group's computation is, from its extra_info."""
+    ref = next((r for r in group.rows if r.role == "mrbench"), group.rows[0])
+    i = ref.info
+    kind, algo = i.get("kind"), i.get("algorithm")
+    parts = []
+    if kind == "train":
+        parts.append(f"one meta-training step of `{algo}`: {i.get('meta_batch', '?')} episodes {i.get('shape', '')}, "
+                     f"{ref.images_per_call} images, mean query loss, backward, Adam (lr {i.get('adam_lr', '?')})")
+        if "inner_steps" in i:
+            order = "first order" if i.get("first_order") else "second order"
+            parts.append(f"{i['inner_steps']} inner SGD step(s) of lr {i['inner_lr']}, {order}")
+    elif kind == "eval":
+        parts.append(f"query logits of {i.get('episodes', ref.units_per_call)} clean episodes {i.get('shape', '')} "
+                     f"with `{algo}`, {ref.images_per_call} images")
+        if "inner_steps_test" in i:
+            parts.append(f"{i['inner_steps_test']} inner SGD step(s) of lr {i['inner_lr']} per episode")
+    opts = i.get("algorithm_options")
+    if opts:
+        parts.append("mrbench options " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    ceiling = group.best("ceiling", "images_per_s")
+    if ceiling is not None:
+        what = "fwd+bwd+Adam" if ceiling.unit == "step" else "inference forward"
+        parts.append(f"ceiling: a supervised {what} of the conv4 nn.Module over the same {ceiling.images_per_call} images "
+                     "(`batch=all`: one batch; `batch=<n>`: n at a time)")
+    return "; ".join(parts) + "."
+
+
+def _machine(data: dict[str, Any]) -> list[tuple[str, str]]:
+    mi = data.get("machine_info") or {}
+    m = mi.get("mrbench") or {}
+    cpu = mi.get("cpu") or {}
+    brand = cpu.get("brand_raw") or mi.get("processor") or mi.get("machine") or "?"
+    lines = [
+        ("CPU", f"{brand}; {m.get('cpu_count', cpu.get('count', '?'))} logical CPUs, {m.get('cpus_usable', '?')} usable"),
+        ("device", f"{m.get('device', '?')} ({m.get('device_name', '?')})"
+                   + (f", CUDA {m['cuda_version']}" if m.get("cuda_version") else "")),
+        ("torch", f"{m.get('torch_version', '?')}, {m.get('torch_threads', '?')} threads"
+                  f" (OMP_NUM_THREADS={m.get('omp_num_threads') or 'unset'})"),
+        ("python", f"{m.get('python') or mi.get('python_version', '?')} on {mi.get('system', '?')} {mi.get('release', '')}".strip()),
+        ("rounds", f"{m.get('rounds', '?')} timed (+{m.get('warmup_rounds', '?')} warm-up) per case"
+                   + ("; quick smoke run, indicative only" if m.get("quick") else "")),
+    ]
+    if m.get("load_average_start") is not None:
+        fmt = lambda la: " / ".join(f"{x:.2f}" for x in la) if la else "?"  # noqa: E731
+        lines.append(("load average (1/5/15 min)", f"start {fmt(m.get('load_average_start'))}, end {fmt(m.get('load_average_end'))}"))
+    ci = data.get("commit_info") or {}
+    if ci.get("id"):
+        lines.append(("commit", f"{ci['id'][:12]}{' (dirty)' if ci.get('dirty') else ''}"))
+    if data.get("datetime"):
+        lines.append(("run at", str(data["datetime"])))
+    return lines
+
+
+def _rate(row: Row) -> str:
+    return f"{_num(row.rate)} {row.unit}s/s" if row.unit != "call" else f"{_num(row.rate)}/s"
+
+
+def render(data: dict[str, Any], name: str) -> str:
+    """The Markdown report of one benchmark JSON."""
+    groups = groups_of(rows_of(data))
+    cuda = any("peak_cuda_mb" in r.info for g in groups for r in g.rows)
+    version = data.get("version", "?")
+    out = [f"# mrbench throughput: {name}", "",
+           f"Generated by `benchmarks/report.py` from `{name}.json` (pytest-benchmark {version}); "
+           "every number below comes from that file.", ""]
+    out += ["## Machine", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in _machine(data)]
+    out += ["", "## How to read it", "",
+            "Rates use the median seconds per call. **vs best peer**: the case's rate over the fastest peer's "
+            "in its group (above 1.00x: faster than every peer). **vs ceiling**: the case's images/s as a fraction "
+            "of the fastest ceiling's, a plain supervised pass of the same conv4 over as many images (above 1: "
+            "faster than that pass). A second-order step or MAML's inner steps do more work per image than the "
+            "ceiling, so their fraction is lower by construction. **peak RSS**: the process's resident-set "
+            "high-water mark during the case (inputs included)"
+            + ("; **peak CUDA**: `torch.cuda.max_memory_allocated` during the case." if cuda else "."),
+            "", "## Summary", "",
+            "| group | best mrbench | its rate | best peer | its rate | mrbench vs best peer | mrbench vs ceiling |",
+            "|---|---|---|---|---|---|---|"]
+    for g in groups:
+        m, p = g.best("mrbench"), g.best("peer")
+        out.append(f"| {g.name} | {m.variant if m else '-'} | {_rate(m) if m else '-'} | {p.variant if p else '-'} | "
+                   f"{_rate(p) if p else '-'} | {_ratio(g.vs_peer(m)) if m else '-'} | {_frac(g.vs_ceiling(m)) if m else '-'} |")
+    for g in groups:
+        out += ["", f"## {g.name}", "", describe(g), ""]
+        head = "| role | variant | median s | min s | max s | rounds | rate | images/s | vs best peer | vs ceiling | peak RSS MB |"
+        rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+        if cuda:
+            head, rule = head + " peak CUDA MB |", rule + "---|"
+        out += [head, rule]
+        for r in g.rows:
+            variant = r.variant + (" (default plan)" if r.info.get("default_plan") else "")
+            line = (f"| {r.role} | {variant} | {_num(r.median)} | {_num(r.min)} | {_num(r.max)} | {r.rounds} | "
+                    f"{_rate(r)} | {_num(r.images_per_s)} | {_ratio(g.vs_peer(r))} | {_frac(g.vs_ceiling(r))} | "
+                    f"{_mb(r.info.get('peak_rss_mb'))} |")
+            if cuda:
+                line += f" {_mb(r.info.get('peak_cuda_mb'))} |"
+            out.append(line)
+    if not groups:
+        out += ["", "The JSON holds no case of `benchmarks/test_throughput.py`."]
+    return "\n".join(out) + "\n"
+
+
+def write_report(json_path: str | Path, name: str | None = None, out_dir: str | Path = DEFAULT_OUT) -> tuple[Path, Path]:
+    """Copy ``json_path`` to ``<out_dir>/<name>.json`` and write ``<out_dir>/<name>.md``."""
+    json_path = Path(json_path)
+    name = name or json_path.stem
+    data = json.loads(json_path.read_text())
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_out, md_out = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    if json_path.resolve() != json_out.resolve():
+        shutil.copyfile(json_path, json_out)
+    md_out.write_text(render(data, name))
+    return json_out, md_out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("json", type=Path, help="a pytest-benchmark --benchmark-json file")
+    p.add_argument("--name", help="report name (default: the JSON file's stem)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: benchmarks/results)")
+    args = p.parse_args(argv)
+    if not args.json.is_file():
+        p.error(f"{args.json} is not a file")
+    json_out, md_out = write_report(args.json, args.name, args.out)
+    print(f"wrote {md_out} and {json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

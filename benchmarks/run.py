@@ -1,0 +1,77 @@
+"""Run the throughput benchmarks and write their report.
+
+    python -m benchmarks.run [--device auto|cpu|cuda] [--quick] [--rounds N] [--threads N]
+                             [--name NAME] [--out DIR] [-k EXPR]
+
+Runs ``benchmarks/test_throughput.py`` under pytest-benchmark (the same-computation
+checks first, then every timed case) and renders ``<out>/<name>.md`` with a copy of
+the JSON next to it (``benchmarks/report.py``). ``<name>`` defaults to the device type
+(``cpu``, ``cuda``), with ``-quick`` appended for a smoke run. Exits with pytest's
+status; the report is written for whatever cases ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.report import DEFAULT_OUT, write_report
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
+    """The pytest invocation for ``args`` writing its results to ``json_path``."""
+    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_throughput.py"),
+           f"--benchmark-json={json_path}", "--benchmark-columns=median,min,max,rounds",
+           "--benchmark-group-by=group", "--bench-device", args.device]
+    if args.quick:
+        cmd.append("--bench-quick")
+    if args.rounds is not None:
+        cmd += ["--bench-rounds", str(args.rounds)]
+    if args.threads is not None:
+        cmd += ["--bench-threads", str(args.threads)]
+    if args.k:
+        cmd += ["-k", args.k]
+    return cmd
+
+
+def default_name(json_path: Path, quick: bool) -> str:
+    """``cpu`` / ``cuda`` (``-quick`` for a smoke run) from the device the run recorded."""
+    device = json.loads(json_path.read_text()).get("machine_info", {}).get("mrbench", {}).get("device", "unknown")
+    return device.split(":")[0] + ("-quick" if quick else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to run (default auto: CUDA when present)")
+    p.add_argument("--quick", action="store_true", help="one timed round per case: a smoke run, not a measurement")
+    p.add_argument("--rounds", type=int, help="timed rounds per case (default 3)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--name", help="report name (default: the device type, plus -quick)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default: benchmarks/results)")
+    p.add_argument("-k", help="only the cases pytest's -k expression selects, e.g. 'eval and protonet'")
+    args = p.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="mrbench-bench-") as tmp:
+        json_path = Path(tmp) / "run.json"
+        cmd = pytest_command(args, json_path)
+        print("+ " + " ".join(cmd), flush=True)
+        rc = subprocess.call(cmd, cwd=ROOT)
+        if not json_path.is_file():
+            print("pytest wrote no benchmark JSON; no report.", file=sys.stderr)
+            return rc or 1
+        name = args.name or default_name(json_path, args.quick)
+        json_out, md_out = write_report(json_path, name, args.out)
+    print(f"report: {md_out}\ndata:   {json_out}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
