@@ -63,6 +63,36 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attacks(args: argparse.Namespace) -> int:
+    from bench.plugins import get_registry
+
+    registry = get_registry()
+    rows = []
+    for attack_id in registry.ids("attack"):
+        cls = registry.get("attack", attack_id)
+        prov = cls.provenance
+        rows.append({"id": attack_id, "norm": cls.norm, "targets": list(cls.targets),
+                     "gradient_free": bool(cls.gradient_free), "min_way": int(cls.min_way),
+                     "options": {k: {"default": f.default, "description": f.description}
+                                 for k, f in cls.Options.model_fields.items()},
+                     "distribution": prov.distribution if prov else None,
+                     "summary": (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")})
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="mrbench attacks (options: mrbench attacks --json)")
+    for col in ("attack", "norm", "targets", "options (default)", "from"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        opts = ", ".join(f"{k}={v['default']}" for k, v in r["options"].items())
+        extra = (" gradient-free" if r["gradient_free"] else "") + (f" n_way>={r['min_way']}" if r["min_way"] > 2 else "")
+        table.add_row(r["id"], r["norm"] + extra, ",".join(r["targets"]), opts, r["distribution"] or "")
+    _console().print(table)
+    return 0
+
+
 def cmd_suites(args: argparse.Namespace) -> int:
     from bench.suites import all_suites
 
@@ -92,9 +122,20 @@ def cmd_suites(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, steps: int | None):
     from bench.training import train
 
+    adversary = None
+    if getattr(args, "adv_train", None):
+        from bench.attacks import parse_eps
+        from bench.plugins import get_registry
+        from bench.training import Adversary
+
+        attack_id, opts = _parse_attack(args.adv_train)
+        if args.adv_eps is None:
+            raise MrbenchError("--adv-train needs --adv-eps.", "E.g. --adv-train pgd-linf[steps=7] --adv-eps 16/255.")
+        adversary = Adversary(get_registry().create("attack", attack_id, dict(opts)), parse_eps(args.adv_eps),
+                              args.adv_target)
     return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
-                 reporter=_reporter("steps", args.quiet), val_every=args.val_every)
+                 reporter=_reporter("steps", args.quiet), val_every=args.val_every, adversary=adversary)
 
 
 def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
@@ -119,12 +160,77 @@ def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
     return out
 
 
+def _split_list(text: str | None) -> list[str]:
+    """Comma-separated list, commas inside ``[...]`` kept (``pgd-linf[steps=40,restarts=2]``)."""
+    out, depth, cur = [], 0, ""
+    for ch in text or "":
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+def _parse_attack(spec: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """``pgd-linf`` or ``pgd-linf[steps=40,restarts=2]`` -> (id, options)."""
+    attack_id, _, rest = spec.partition("[")
+    if rest and not rest.endswith("]"):
+        raise MrbenchError(f"Cannot read attack {spec!r}.", "Write ID or ID[key=value,...], e.g. pgd-linf[steps=40].")
+    opts = _parse_options(_split_list(rest[:-1])) if rest else {}
+    return attack_id.strip(), tuple(sorted(opts.items()))
+
+
+def _parse_attacks(args: argparse.Namespace, suite_id: str) -> list[Any]:
+    """``--attacks A,B --eps E1,E2 --target T1,T2`` (or ``--attacks suite``) -> attack scenarios."""
+    spec = getattr(args, "attacks", None)
+    if not spec:
+        return []
+    from bench.attacks import AttackScenario, parse_eps
+    from bench.plugins import get_registry
+    from bench.suites import get_suite
+
+    registry = get_registry()
+    suite = get_suite(suite_id)
+    defaults = suite.attacks or {}
+    if spec == "suite":
+        if not defaults.get("attacks"):
+            raise MrbenchError(f"Suite {suite.ref} declares no default attacks.",
+                               "Name them: --attacks pgd-linf,fgsm --eps 16/255 --target query.")
+        attacks = list(defaults["attacks"])
+    else:
+        attacks = _split_list(spec)
+    eps_list = _split_list(args.eps) if args.eps else [str(e) for e in defaults.get("eps", [])]
+    targets = _split_list(args.target) if args.target else list(defaults.get("targets", ["query"]))
+    if not eps_list:
+        raise MrbenchError("No eps given and the suite declares none.", "Pass --eps, e.g. --eps 16/255.")
+    out = []
+    for a in attacks:
+        attack_id, opts = _parse_attack(a)
+        cls = registry.get("attack", attack_id)
+        for t in targets:
+            if t not in cls.targets:
+                if spec == "suite" or len(targets) > 1:
+                    continue  # a grid: each attack on the targets it supports
+                raise MrbenchError(f"Attack {attack_id!r} cannot attack the {t}.",
+                                   f"Its targets: {', '.join(cls.targets)}.")
+            for e in eps_list:
+                out.append(AttackScenario(attack_id, parse_eps(e), t, opts))
+    return out
+
+
 def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None):
     from bench.evaluation import evaluate
 
     return evaluate(algorithm, suite, ckpt, out=out, n_episodes=args.episodes, options=options,
                     device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet),
-                    shifts=_parse_shifts(getattr(args, "shift", None)))
+                    shifts=_parse_shifts(getattr(args, "shift", None)), attacks=_parse_attacks(args, suite),
+                    sanity=not getattr(args, "no_sanity", False),
+                    sanity_episodes=getattr(args, "sanity_episodes", 10))
 
 
 def _summary(entry: dict[str, Any]) -> str:
@@ -202,9 +308,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         leaderboard.show(args.suite, args.root, console=c)
         return 0
     if args.lb_cmd == "build":
-        for s in leaderboard.build(args.root):
-            what = ", ".join(p.name for p in s.written) + " written" if s.written else "tables unchanged"
-            c.print(f"{s.line()}: {what}", highlight=False)
+        for line in leaderboard.build(args.root).lines():
+            c.print(line, highlight=False)
         return 0
     summaries = leaderboard.check(args.root)
     for s in summaries:
@@ -256,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--suite", required=True)
     sp.add_argument("--steps", type=int, default=None, help="outer steps (default: the algorithm's)")
     sp.add_argument("--out", required=True, help="checkpoint path (rerun the same command to resume)")
+    sp.add_argument("--adv-train", default=None, metavar="ATTACK[opts]",
+                    help="adversarial meta-training: attack every training batch, e.g. pgd-linf[steps=7]")
+    sp.add_argument("--adv-eps", default=None, metavar="EPS", help="its budget, e.g. 16/255")
+    sp.add_argument("--adv-target", default="query", choices=["query", "support"],
+                    help="query = adversarial querying (default); support = poisoned support sets")
     training(sp)
     common(sp)
     sp.set_defaults(func=cmd_train)
@@ -269,8 +379,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="override an algorithm option")
     sp.add_argument("--shift", action="append", metavar="ID[:SEVERITY]",
                     help="also evaluate under a shift on the same episodes (repeatable; a bare ID runs every severity)")
+    sp.add_argument("--attacks", default=None, metavar="A[,B...]|suite",
+                    help="attacks to run (ID or ID[key=value,...]); 'suite' = the suite's default grid")
+    sp.add_argument("--eps", default=None, metavar="E[,E...]", help="attack budgets, e.g. 4/255,8/255,16/255 "
+                    "(default: the suite's)")
+    sp.add_argument("--target", default=None, metavar="T[,T...]",
+                    help="query (evasion), support (poisoning through adaptation), both (default: the suite's)")
+    sp.add_argument("--no-sanity", action="store_true", help="skip the attack-strength sanity checks")
+    sp.add_argument("--sanity-episodes", type=int, default=10, metavar="N",
+                    help="episodes the sanity checks attack (default 10)")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("attacks", help="list the attacks, their norms, targets and options")
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_attacks)
 
     sp = sub.add_parser("run", help="the main job: train and evaluate (default: protonet on built-in glyphs)")
     sp.add_argument("--algorithm", default="protonet")
@@ -296,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("leaderboard", help="generate, check or show the leaderboard tables")
     lsub = sp.add_subparsers(dest="lb_cmd", required=True, parser_class=_Parser)
     root_help = "leaderboards folder (default: $MRBENCH_SUITES folders, then the repository's leaderboards/)"
-    d = lsub.add_parser("build", help="regenerate table.csv and table.md of every suite version with entries")
+    d = lsub.add_parser("build", help="regenerate table.csv, table.md and table.html of every suite version "
+                       "with entries, and the index.html linking the pages")
     d.add_argument("--root", default=None, help=root_help)
-    d = lsub.add_parser("check", help="fail on an invalid entry, a suite or hash mismatch, or a stale table")
+    d = lsub.add_parser("check", help="fail on an invalid entry, a suite or hash mismatch, or a stale table or page")
     d.add_argument("--root", default=None, help=root_help)
     d = lsub.add_parser("show", help="print a leaderboard in the terminal")
     d.add_argument("suite", nargs="?", default=None, help="suite id or id@vN (default: every leaderboard)")

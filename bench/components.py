@@ -331,3 +331,30 @@ class Shift(Component):
     def apply(self, episode: Episode, severity: int, generator: torch.Generator) -> Episode:
         """Return the shifted episode (a new object; ``episode`` is unchanged)."""
         raise NotImplementedError
+
+
+class Attack(Component):
+    """An adversarial attack on few-shot episodes (see :mod:`bench.attacks`).
+
+    ``perturb`` gets a :class:`bench.attacks.Victim` (the learner, run the harness's
+    way), a batch of clean episodes ``[E, ...]``, ``eps`` and a target, and returns a
+    new :class:`Episode` whose perturbed part stays in the ``norm`` ball of radius
+    ``eps`` and in [0, 1]. It never mutates its input and draws every random number
+    from ``generator``. The harness checks all of this after every call.
+
+    :cvar norm: ``linf`` or ``l2``.
+    :cvar targets: what it can attack: ``query`` (evasion against the adapted learner),
+        ``support`` (poisoning through adaptation), ``both``.
+    :cvar gradient_free: uses only the learner's outputs (a check against gradient masking).
+    :cvar min_way: the fewest ways it is defined for (DLR losses need 3, targeted DLR 4).
+    """
+
+    kind: ClassVar[str] = "attack"
+    norm: ClassVar[str] = "linf"
+    targets: ClassVar[tuple[str, ...]] = ("query",)
+    gradient_free: ClassVar[bool] = False
+    min_way: ClassVar[int] = 2
+
+    def perturb(self, victim: Any, episodes: Episode, eps: float, target: str, generator: torch.Generator) -> Episode:
+        """Return the adversarial episodes (new tensors; ``episodes`` is unchanged)."""
+        raise NotImplementedError

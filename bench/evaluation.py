@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from bench.attacks import SanityResult, Victim, ensemble_name, monotone_in_eps, run_attack, sanity_checks
 from bench.checkpoint import atomic_write_text, load_final
 from bench.episodes import gather
 from bench.errors import MrbenchError
@@ -64,6 +65,9 @@ def evaluate(
     execution: Execution | None = None,
     chunk_episodes: int = 25,
     shifts: Sequence[tuple[str, int]] | None = None,
+    attacks: Sequence[Any] | None = None,
+    sanity: bool = True,
+    sanity_episodes: int = 10,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
@@ -80,6 +84,15 @@ def evaluate(
         same episodes; scenario ``<id>@<severity>`` in the entry. Each episode is shifted
         with its own generator seeded from (suite seed, scenario, episode), so results do
         not depend on chunking or on which other scenarios run.
+    :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
+        target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
+        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` counts
+        a query robust only if every one of them fails on it. Each chunk of episodes is
+        attacked with a generator seeded from (suite seed, scenario, chunk), so results
+        are reproducible for a given ``chunk_episodes`` (recorded in the entry).
+    :param sanity: run the attack-strength sanity checks (:func:`bench.attacks.sanity_checks`)
+        on the first ``sanity_episodes`` episodes for every attacked target; a failed
+        check marks the entry ``unreliable`` with the reasons in ``footnote``.
     """
     from bench.plugins import get_registry
     from bench.suites import suite_manifest
@@ -109,11 +122,28 @@ def evaluate(
             raise MrbenchError(f"Shift {shift_id!r} has no severity {severity}.",
                                f"Its severities: {', '.join(map(str, shift.severities))}.")
         scenarios.append((f"{shift_id}@{severity}", shift, severity))
-    names = [name for name, _, _ in scenarios]
+    attack_cells: list[tuple[str, Any, Any]] = []  # (name, scenario, attack instance)
+    for sc in attacks or ():
+        atk = registry.create("attack", sc.attack, dict(sc.options))
+        if sc.target not in atk.targets:
+            raise MrbenchError(f"Attack {sc.attack!r} cannot attack the {sc.target}.",
+                               f"Its targets: {', '.join(atk.targets)}; see `mrbench attacks`.")
+        if spec.n_way < atk.min_way:
+            raise MrbenchError(f"Attack {sc.attack!r} needs at least {atk.min_way} ways; suite {suite.id} has {spec.n_way}.",
+                               "Leave it out for this suite (see `mrbench attacks`).")
+        attack_cells.append((sc.name, sc, atk))
+    ensembles: dict[str, list[str]] = {}
+    for name, sc, _ in attack_cells:
+        ensembles.setdefault(ensemble_name(sc.eps, sc.target), []).append(name)
+    ensembles = {k: v for k, v in ensembles.items() if len(v) > 1}
+    names = [name for name, _, _ in scenarios] + [name for name, _, _ in attack_cells] + list(ensembles)
     if len(set(names)) != len(names):
         raise MrbenchError(f"A scenario is listed twice: {', '.join(names)}.", "List each shift and severity once.")
     key = digest({"ckpt": ckpt_sha, "manifest": manifest.sha256(), "options": algo.options.model_dump(mode="json"),
-                  "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None]})
+                  "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None],
+                  "attacks": [[n, a.version, a.options.model_dump(mode="json")] for n, _, a in attack_cells],
+                  "chunk": chunk_episodes if attack_cells else None})
+    victim = Victim(algo, params, spec.n_way, ex) if attack_cells else None
 
     done: dict[tuple[str, int], tuple[int, int]] = {}
     partial = _partial_path(Path(out)) if out else None
@@ -147,6 +177,17 @@ def evaluate(
                     correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
                     total = int(episodes.y_query.shape[-1])
                     results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
+                robust: dict[str, torch.Tensor] = {}
+                for name, sc, atk in attack_cells:
+                    if all((name, e) in done for e in ids) and not any(name in m for m in ensembles.values()):
+                        continue
+                    g = torch.Generator().manual_seed(int(digest([suite.seed, name, ids[0], len(ids)]), 16) & ((1 << 63) - 1))
+                    robust[name] = run_attack(atk, victim, clean, sc.eps, sc.target, g)
+                for ens, members in ensembles.items():
+                    robust[ens] = torch.stack([robust[m] for m in members]).all(0)
+                total = int(clean.y_query.shape[-1])
+                for name, ok in robust.items():
+                    results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
                 if partial is not None:  # on disk first, so a count we report as saved is saved
                     with open(partial, "a") as f:
                         f.write("".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}) + "\n"
@@ -160,6 +201,12 @@ def evaluate(
             where = f"; {n_done}/{E} episodes saved to {partial}" if partial else ""
             raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
     reporter.stop()
+
+    checks: dict[str, Any] = {}
+    failures: list[str] = []
+    if attack_cells and sanity:
+        checks, failures = _sanity(registry, victim, split, manifest, dev, attack_cells, done, names, E,
+                                   sanity_episodes, suite.seed)
 
     metrics: dict[str, Any] = {}
     for name in names:
@@ -181,14 +228,16 @@ def evaluate(
                                                "adversarial")}
         | {"device": meta.get("environment", {}).get("device")},
         "metrics": metrics,
-        "sanity": {},
-        "unreliable": False,
+        "sanity": checks,
+        "unreliable": bool(failures),
         "environment": environment(dev),
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
         "wall_time_s": round(time.perf_counter() - started, 2),
         "peak_memory_bytes": peak_memory_bytes(dev),
         "episodes_file": None,
     }
+    if failures:
+        entry["footnote"] = "Attack-strength sanity checks failed: " + "; ".join(failures) + "."
     if out is not None:
         out = Path(out)
         ep_path = episodes_path(out)
@@ -217,3 +266,35 @@ def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, s
         g = torch.Generator().manual_seed(int(digest([seed, scenario, e]), 16) & ((1 << 63) - 1))
         out.append(shift.apply(clean[j], severity, g))
     return Episode(*(torch.stack(ts) for ts in zip(*(ep.tensors() for ep in out))))
+
+
+def _sanity(registry: Any, victim: Any, split: Any, manifest: Any, dev: Any, attack_cells: list, done: dict,
+            names: list[str], E: int, n_sanity: int, seed: int) -> tuple[dict[str, Any], list[str]]:
+    """Sanity checks per attacked target (on the first episodes) plus eps monotonicity of the sweep."""
+    metrics = {}
+    for name in names:
+        vals = [done[(name, e)] for e in range(E) if (name, e) in done]
+        metrics[name] = {"accuracy": sum(c for c, _ in vals) / max(1, sum(t for _, t in vals))}
+    out: dict[str, Any] = {}
+    failures: list[str] = []
+    sweep = SanityResult()
+    monotone_in_eps(metrics, [sc for _, sc, _ in attack_cells], sweep)
+    if sweep.checks:
+        out["sweep"] = sweep.checks
+        failures += [f"sweep {f}" for f in sweep.failures]
+    ids = torch.arange(min(n_sanity, E))
+    episodes = gather(split, manifest[ids].to(dev))
+    by_target: dict[str, Any] = {}
+    for _, sc, atk in attack_cells:
+        if atk.gradient_free:
+            continue
+        cur = by_target.get(sc.target)
+        if cur is None or sc.eps > cur[0]:
+            steps = int(getattr(atk.options, "steps", 20))
+            by_target[sc.target] = (sc.eps, atk.norm, max(steps, 4))
+    for target, (eps, norm, steps) in sorted(by_target.items()):
+        res = sanity_checks(registry, victim, episodes, eps=eps, norm=norm, target=target, steps=steps,
+                            generator_seed=seed)
+        out[target] = {"episodes": int(ids.numel()), "eps": eps, "norm": norm, "checks": res.checks}
+        failures += [f"{target} {f}" for f in res.failures]
+    return out, failures

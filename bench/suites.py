@@ -46,6 +46,9 @@ class Suite:
     :param revision: pinned content revision of the decoded test split.
     :param fixed_episodes: take the dataset's own episode set (Lake's runs).
     :param train_query: queries per class in meta-training episodes (default: the test spec's).
+    :param attacks: the ``[attacks]`` table: the suite's default attack grid
+        (``attacks``, ``eps``, ``targets``), its eps ``sweep``, and the ensemble with
+        the fixed episode subset it runs on (``ensemble``, ``ensemble_episodes``).
     :param path: the file it was read from.
     """
 
@@ -61,6 +64,7 @@ class Suite:
     revision: str | None = None
     fixed_episodes: bool = False
     train_query: int | None = None
+    attacks: dict[str, Any] | None = None
     path: Path | None = None
 
     @property
@@ -97,6 +101,7 @@ def read_suite(path: Path) -> Suite:
             revision=raw["test"].get("revision"),
             fixed_episodes=bool(raw["test"].get("fixed_episodes", False)),
             train_query=raw["train"].get("n_query"),
+            attacks=dict(raw["attacks"]) if "attacks" in raw else None,
             path=path,
         )
     except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:

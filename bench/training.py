@@ -42,6 +42,44 @@ class TrainConfig:
     lr: float
     lr_decay_every: int
     lr_decay: float
+    adversarial: dict[str, Any] | None = None
+
+    def key(self) -> str:
+        fields = asdict(self)
+        if fields["adversarial"] is None:  # keys of natural runs are unchanged since before adversarial training
+            del fields["adversarial"]
+        return digest(fields)
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """Adversarial meta-training: every training batch is attacked before the loss.
+
+    ``target="query"`` is adversarial querying (the queries are perturbed against the
+    learner adapted on the clean support); ``"support"`` poisons the support set
+    through adaptation. The attack runs against the training-time learner
+    (``adapt(train=True)``) with the step's current parameters.
+    """
+
+    attack: Any
+    eps: float
+    target: str
+
+    def describe(self) -> dict[str, Any]:
+        from bench.attacks import format_eps
+
+        return {"attack": self.attack.id, "version": self.attack.version,
+                "options": self.attack.options.model_dump(mode="json"), "eps": self.eps,
+                "eps_name": format_eps(self.eps), "target": self.target, "norm": self.attack.norm}
+
+    def perturb(self, ctx: "TrainContext", batch: Any) -> Any:
+        from bench.attacks import Victim, check_perturbation, snapshot
+
+        victim = Victim(ctx.algorithm, ctx.params, ctx.spec.n_way, ctx.execution, train=True)
+        before = snapshot(batch)
+        adv = self.attack.perturb(victim, batch, self.eps, self.target, ctx.generator)
+        check_perturbation(self.attack.id, self.attack.norm, self.eps, self.target, batch, before, adv)
+        return adv
 
 
 @dataclass
@@ -67,11 +105,15 @@ class TrainContext:
     execution: Execution
     step: int
     steps: int
+    adversary: Adversary | None = None
 
 
 def default_train_step(ctx: TrainContext) -> float:
-    """Sample ``meta_batch`` episodes, average ``algorithm.loss`` over them, one optimizer step."""
+    """Sample ``meta_batch`` episodes (attacked when ``ctx.adversary`` is set), average
+    ``algorithm.loss`` over them, one optimizer step."""
     batch = sample_batch(ctx.split, ctx.spec, ctx.meta_batch, ctx.generator)
+    if ctx.adversary is not None:
+        batch = ctx.adversary.perturb(ctx, batch)
     ctx.optimizer.zero_grad(set_to_none=True)
     loss = meta_loss_backward(ctx.algorithm, ctx.params, batch, ctx.spec.n_way, ctx.execution)
     ctx.optimizer.step()
@@ -115,6 +157,7 @@ def train(
     save_every_s: float = 30.0,
     val_every: int = 0,
     val_episodes: int = 100,
+    adversary: Adversary | None = None,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on the meta-train split of ``suite``; write checkpoint ``out``.
 
@@ -139,6 +182,8 @@ def train(
         to ``out.log.jsonl`` and into the checkpoint's metadata; the checkpoint is
         always the last step (no selection on validation).
     :param val_episodes: episodes per validation.
+    :param adversary: adversarial meta-training (see :class:`Adversary`); recorded in the
+        checkpoint's ``adversarial`` field. Needs the harness's default training step.
     """
     algo, registry = _resolve(algorithm, options, registry)
     suite = get_suite(suite) if isinstance(suite, str) else suite
@@ -165,8 +210,14 @@ def train(
         eval_spec={"n_way": suite.spec.n_way, "k_shot": suite.spec.k_shot, "n_query": suite.spec.n_query},
         seed=seed, meta_batch=int(meta_batch or d.meta_batch), lr=float(lr or d.lr),
         lr_decay_every=d.lr_decay_every, lr_decay=d.lr_decay,
+        adversarial=adversary.describe() if adversary is not None else None,
     )
-    key = digest(asdict(cfg))
+    if adversary is not None and algo.train_step is not None:
+        raise MrbenchError(f"{algo.id} has its own training step, so adversarial meta-training cannot attack its batches.",
+                           "Adversarial training works for algorithms that use the harness's default step.")
+    if adversary is not None and adversary.target not in ("query", "support"):
+        raise MrbenchError(f"--adv-target {adversary.target!r} is not supported.", "Use query or support.")
+    key = cfg.key()
 
     if out.exists():
         _, meta, sha = load_final(out)
@@ -244,7 +295,7 @@ def train(
                 if cfg.lr_decay_every:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
-                ctx = TrainContext(algo, params, optimizer, split, train_spec, cfg.meta_batch, gen, ex, step, steps)
+                ctx = TrainContext(algo, params, optimizer, split, train_spec, cfg.meta_batch, gen, ex, step, steps, adversary)
                 loss = algo.train_step(ctx) if algo.train_step is not None else default_train_step(ctx)
                 if not math.isfinite(loss):
                     raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
@@ -284,7 +335,7 @@ def train(
         "wall_time_s": round(wall, 2),
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk},
         "environment": environment(dev),
-        "adversarial": None,
+        "adversarial": cfg.adversarial,
         "validation": curve,
     }
     sha = save_final(out, params, meta)

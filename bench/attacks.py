@@ -1,0 +1,523 @@
+"""Attack protocols: what part of an episode is attacked, and the harness's checks.
+
+An attack plugin (:class:`bench.components.Attack`) gets a :class:`Victim` (the
+algorithm, its meta-parameters and ``n_way``, run the harness's way), a batch of
+clean episodes, an ``eps`` and a target:
+
+``query``   evasion: the learner adapts on the clean support set; the queries are
+            perturbed against the adapted learner (held fixed).
+``support`` poisoning: the support set (all of it, or a fraction) is perturbed so
+            that the learner, adapting on it, misclassifies the clean queries; the
+            gradient goes *through* ``adapt``.
+``both``    support and queries perturbed jointly, through adaptation.
+
+After every ``perturb`` the harness checks (:func:`check_perturbation`) that the
+result stays inside the eps ball and [0, 1], that labels and the untargeted part
+are untouched and that the clean episode was not mutated; a violation is a
+:class:`bench.errors.MrbenchError` naming the attack.
+
+This module also holds the batched PGD engine mrbench's own attacks use
+(:func:`pgd`) and the attack-strength sanity checks (:func:`sanity_checks`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.components import Algorithm, Episode, Params
+from bench.errors import MrbenchError
+from bench.execution import Execution
+
+if TYPE_CHECKING:
+    from bench.components import Attack
+
+TARGETS = ("query", "support", "both")
+NORMS = ("linf", "l2")
+
+_EPS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*(\d+(?:\.\d*)?))?\s*$")
+
+
+def parse_eps(text: str | float) -> float:
+    """``"16/255"`` -> 0.0627..., ``"0.5"`` -> 0.5; a clear error for anything else."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = _EPS.match(str(text))
+        if not m:
+            raise MrbenchError(f"Cannot read eps {text!r}.", "Write it as a number (0.5) or a fraction of 255 (16/255).")
+        value = float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
+    if not math.isfinite(value) or value < 0:
+        raise MrbenchError(f"eps must be a finite number >= 0, got {text!r}.")
+    return value
+
+
+def format_eps(eps: float) -> str:
+    """A stable, readable name for ``eps``: ``16/255`` when it is a multiple of 1/255."""
+    frac = Fraction(eps).limit_denominator(255 * 8)
+    if abs(float(frac) - eps) < 1e-12 and (frac * 255).denominator == 1 and eps != 0:
+        return f"{int(frac * 255)}/255"
+    return repr(float(eps))
+
+
+@dataclass(frozen=True)
+class AttackScenario:
+    """One attack cell of an evaluation: attack id, options, eps, target.
+
+    Its scenario name in a result entry is ``<attack>@<eps>:<target>``, e.g.
+    ``pgd-linf@16/255:query``; non-default options are part of the name
+    (``pgd-linf[steps=40]@16/255:query``) so two budgets never share a column.
+    """
+
+    attack: str
+    eps: float
+    target: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        opts = "".join(f"[{k}={v}]" for k, v in self.options)
+        return f"{self.attack}{opts}@{format_eps(self.eps)}:{self.target}"
+
+
+def ensemble_name(eps: float, target: str) -> str:
+    """Scenario name of the per-query ensemble over every attack of ``(eps, target)``."""
+    return f"ensemble@{format_eps(eps)}:{target}"
+
+
+class Victim:
+    """The attacked learner: an algorithm, its (fixed) meta-parameters and ``n_way``.
+
+    Attacks only need gradients with respect to inputs, so the parameters are
+    detached. ``train`` selects the training-time adaptation (adversarial
+    meta-training attacks the learner it trains); evaluation uses ``train=False``.
+
+    :param algorithm: the algorithm instance.
+    :param params: its meta-parameters.
+    :param n_way: classes per episode.
+    :param execution: how to run a batch of episodes (loop or ``vmap``, channels-last).
+    """
+
+    def __init__(self, algorithm: Algorithm, params: Params, n_way: int, execution: Execution | None = None,
+                 *, train: bool = False) -> None:
+        self.algorithm = algorithm
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.n_way = int(n_way)
+        self.execution = execution or Execution()
+        self.train = train
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.params.values())).device
+
+    @property
+    def transductive(self) -> bool:
+        return bool(self.algorithm.transductive)
+
+    def _img(self, x: Tensor) -> Tensor:
+        if self.execution.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def adapt(self, x_support: Tensor, y_support: Tensor) -> list[Any]:
+        """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable)."""
+        return [self.algorithm.adapt(self.params, self._img(x_support[e]), y_support[e], n_way=self.n_way,
+                                     train=self.train) for e in range(x_support.shape[0])]
+
+    def predict(self, states: Sequence[Any], x_query: Tensor) -> Tensor:
+        """Query logits ``[E, Q, n_way]`` for the adapted ``states``."""
+        return torch.stack([self.algorithm.predict(self.params, s, self._img(x_query[e])) for e, s in enumerate(states)])
+
+    def logits(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
+        """Adapt then predict for a batch of episodes: ``[E, Q, n_way]``, differentiable
+        with respect to both ``x_support`` and ``x_query`` (through adaptation)."""
+        if self.execution.strategy == "vmap" and not self.train:
+            def one(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+                state = self.algorithm.adapt(self.params, xs, ys, n_way=self.n_way, train=self.train)
+                return self.algorithm.predict(self.params, state, xq)
+
+            return torch.func.vmap(one)(x_support, y_support, x_query)
+        return self.predict(self.adapt(x_support, y_support), x_query)
+
+    def query_module(self, x_support: Tensor, y_support: Tensor) -> "QueryModule":
+        """An ``nn.Module`` over the queries of these episodes, adapted on this support."""
+        return QueryModule(self, x_support, y_support)
+
+
+class QueryModule(nn.Module):
+    """The adapted learners of ``E`` episodes as one ``nn.Module`` for query attacks.
+
+    ``forward`` takes the ``E * Q`` queries of all episodes flattened episode-major
+    (``[E*Q, C, H, W]``) and returns ``[E*Q, n_way]`` logits, so a library attack
+    (torchattacks) attacks every episode in one call. The adapted states are computed
+    once, on the clean support set, with the protocol's mode (``adapt(train=False)``)
+    and without gradient; the module is functional, so ``train()``/``eval()`` (which
+    torchattacks toggles) change nothing. A single-episode module of a
+    non-transductive learner also accepts any subset of its queries (attacks such as
+    APGD and Square evaluate only the points not yet fooled); every other shape is an
+    error rather than a silently wrong batch.
+    """
+
+    def __init__(self, victim: Victim, x_support: Tensor, y_support: Tensor) -> None:
+        super().__init__()
+        self.victim = victim
+        with torch.no_grad():
+            self.states = victim.adapt(x_support, y_support)
+        self.n_episodes = int(x_support.shape[0])
+        self.n_queries: int | None = None
+        # torchattacks reads the device off the module's parameters.
+        self.anchor = nn.Parameter(torch.zeros((), device=victim.device), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        E = self.n_episodes
+        if self.n_queries is None:
+            raise MrbenchError("QueryModule.n_queries is not set.", "Set it to the queries per episode before attacking.")
+        Q = self.n_queries
+        if x.shape[0] == E * Q:
+            return self.victim.predict(self.states, x.view(E, Q, *x.shape[1:])).reshape(E * Q, -1)
+        if E == 1 and not self.victim.transductive:
+            return self.victim.predict(self.states, x.unsqueeze(0))[0]
+        raise MrbenchError(
+            f"The attacked learner got {x.shape[0]} queries; it was built for {E} episode(s) of {Q}.",
+            "Attacks that evaluate a subset of the points must run one episode at a time, and cannot attack a "
+            "transductive learner (its logits depend on the whole query set); use mrbench's own pgd for it.",
+        )
+
+
+@contextlib.contextmanager
+def seeded_global_rng(generator: torch.Generator, device: torch.device) -> Iterator[None]:
+    """Run a library that draws from torch's global RNG (torchattacks' random starts)
+    deterministically under ``generator``, restoring the global state afterwards."""
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cpu"):
+        torch.manual_seed(seed)
+        yield
+
+
+def torchattacks_query(victim: Victim, episodes: Episode, make: Any, generator: torch.Generator,
+                       *, per_episode: bool) -> Episode:
+    """Attack the queries of ``episodes`` with a torchattacks attack built by ``make(module)``.
+
+    :param per_episode: run one episode at a time (for attacks that evaluate subsets of
+        the batch); otherwise one call attacks all episodes at once.
+    """
+    E, Q = episodes.x_query.shape[:2]
+    groups = [slice(e, e + 1) for e in range(E)] if per_episode else [slice(0, E)]
+    out = []
+    for sl in groups:
+        module = victim.query_module(episodes.x_support[sl], episodes.y_support[sl])
+        module.n_queries = Q
+        atk = make(module)
+        atk.set_device(victim.device)
+        # The module is functional: the protocol's mode is adapt(train=False), whatever torchattacks sets.
+        atk.set_model_training_mode(model_training=False)
+        xq = episodes.x_query[sl].reshape(-1, *episodes.x_query.shape[2:])
+        yq = episodes.y_query[sl].reshape(-1)
+        with seeded_global_rng(generator, victim.device):
+            adv = atk(xq, yq)
+        out.append(adv.detach().view(episodes.x_query[sl].shape).to(episodes.x_query.dtype))
+    x_query = torch.cat(out)
+    return Episode(episodes.x_support, episodes.y_support, x_query, episodes.y_query)
+
+
+# --- mrbench's own batched PGD through adaptation --------------------------------
+
+
+def _per_image(t: Tensor) -> Tensor:
+    """Reshape a per-image quantity ``[...]`` to broadcast over images ``[..., C, H, W]``."""
+    return t.view(*t.shape, 1, 1, 1)
+
+
+def project(delta: Tensor, eps: float, norm: str) -> Tensor:
+    """Project per-image perturbations ``[..., C, H, W]`` onto the eps ball."""
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    n = delta.flatten(-3).norm(dim=-1)
+    scale = torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
+    return delta * _per_image(scale)
+
+
+def random_in_ball(shape: torch.Size, eps: float, norm: str, generator: torch.Generator, device: torch.device,
+                   dtype: torch.dtype) -> Tensor:
+    """Uniform random start in the Linf ball; uniform direction and radius in the L2 ball."""
+    gd = generator.device
+    if norm == "linf":
+        u = torch.rand(shape, generator=generator, dtype=dtype, device=gd)
+        return ((2 * u - 1) * eps).to(device)
+    g = torch.randn(shape, generator=generator, dtype=dtype, device=gd)
+    g = g / _per_image(g.flatten(-3).norm(dim=-1).clamp_min(1e-12))
+    d = math.prod(shape[-3:])
+    r = torch.rand(shape[:-3], generator=generator, dtype=dtype, device=gd) ** (1.0 / d)
+    return (g * _per_image(r) * eps).to(device)
+
+
+def _step(delta: Tensor, grad: Tensor, alpha: float, norm: str) -> Tensor:
+    if norm == "linf":
+        return delta + alpha * grad.sign()
+    n = grad.flatten(-3).norm(dim=-1).clamp_min(1e-12)
+    return delta + alpha * grad / _per_image(n)
+
+
+def support_mask(shape: torch.Size, fraction: float, generator: torch.Generator, device: torch.device) -> Tensor:
+    """``[E, n_support, 1, 1, 1]`` mask of the support images a poisoning attack may change:
+    all of them for ``fraction == 1``, else ``ceil(fraction * n_support)`` per episode chosen
+    with ``generator``."""
+    E, n = shape[0], shape[1]
+    if fraction >= 1.0:
+        return torch.ones(E, n, 1, 1, 1, device=device)
+    k = max(1, math.ceil(fraction * n - 1e-9))
+    mask = torch.zeros(E, n)
+    for e in range(E):
+        mask[e, torch.randperm(n, generator=generator, device=generator.device)[:k].cpu()] = 1.0
+    return mask.view(E, n, 1, 1, 1).to(device)
+
+
+def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str, steps: int, step_size: float,
+        random_start: bool, restarts: int, generator: torch.Generator, poison_fraction: float = 1.0,
+        chunk: int | None = None) -> Episode:
+    """Batched PGD on the cross-entropy of the queries, through adaptation.
+
+    The perturbed parts (support, queries or both, see :data:`TARGETS`) of every
+    episode in the batch are optimised jointly in one autograd graph per chunk. Each
+    episode keeps its worst iterate over all steps and restarts (fewest correct
+    queries, then highest loss): for query-only attacks per query, for support and
+    joint attacks per episode, since the support perturbation acts on every query.
+
+    :param step_size: absolute step (``alpha``); Linf steps by its sign, L2 by the
+        normalised gradient.
+    :param poison_fraction: fraction of the support images that may change
+        (``support`` / ``both`` targets).
+    :param chunk: episodes per autograd graph (bounds memory); default all.
+    """
+    if target not in TARGETS:
+        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+    E = episodes.x_support.shape[0]
+    chunk = chunk or E
+    if E > chunk:
+        parts = [pgd(victim, episodes[i : i + chunk], eps=eps, norm=norm, target=target, steps=steps,
+                     step_size=step_size, random_start=random_start, restarts=restarts, generator=generator,
+                     poison_fraction=poison_fraction, chunk=chunk) for i in range(0, E, chunk)]
+        return Episode(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
+
+    xs, ys, xq, yq = episodes.tensors()
+    dev, dtype = xs.device, xs.dtype
+    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
+    per_query = target == "query"
+
+    best_s, best_q = xs.clone(), xq.clone()
+    best_wrong = torch.full(yq.shape if per_query else yq.shape[:1], -1.0, device=dev)
+    best_loss = torch.full_like(best_wrong, -math.inf)
+
+    def score(logits: Tensor) -> tuple[Tensor, Tensor]:
+        wrong = (logits.argmax(-1) != yq).to(dtype)
+        loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="none").view(yq.shape)
+        return (wrong, loss) if per_query else (wrong.sum(-1), loss.sum(-1))
+
+    def keep(ds: Tensor | None, dq: Tensor | None, logits: Tensor) -> None:
+        wrong, loss = score(logits.detach())
+        better = (wrong > best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+        best_wrong.copy_(torch.where(better, wrong, best_wrong))
+        best_loss.copy_(torch.where(better, loss, best_loss))
+        if per_query:
+            sel = better.view(*better.shape, 1, 1, 1)
+            best_q.copy_(torch.where(sel, xq + dq, best_q))
+        else:
+            sel = better.view(-1, 1, 1, 1, 1)
+            if ds is not None:
+                best_s.copy_(torch.where(sel, xs + ds, best_s))
+            if dq is not None:
+                best_q.copy_(torch.where(sel, xq + dq, best_q))
+
+    def box(x: Tensor, d: Tensor, m: Tensor | None) -> Tensor:
+        d = project(d, eps, norm)
+        d = (x + d).clamp(0.0, 1.0) - x
+        return d * m if m is not None else d
+
+    for _ in range(max(1, restarts)):
+        ds = dq = None
+        if do_s:
+            ds = random_in_ball(xs.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xs)
+            ds = box(xs, ds, mask)
+        if do_q:
+            dq = random_in_ball(xq.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xq)
+            dq = box(xq, dq, None)
+        for _t in range(steps):
+            leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None]
+            with torch.enable_grad():
+                logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
+                loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="sum")
+                grads = torch.autograd.grad(loss, leaves)
+            keep(ds.detach() if ds is not None else None, dq.detach() if dq is not None else None, logits)
+            gi = iter(grads)
+            with torch.no_grad():
+                if ds is not None:
+                    ds = box(xs, _step(ds.detach(), next(gi), step_size, norm), mask)
+                if dq is not None:
+                    dq = box(xq, _step(dq.detach(), next(gi), step_size, norm), None)
+        with torch.no_grad():
+            logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
+            keep(ds, dq, logits)
+    return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
+
+
+# --- the harness's checks -------------------------------------------------------------
+
+
+def snapshot(episodes: Episode) -> tuple[Tensor, ...]:
+    return tuple(t.detach().clone() for t in episodes.tensors())
+
+
+def check_perturbation(attack_id: str, norm: str, eps: float, target: str, clean: Episode,
+                       before: Sequence[Tensor], adv: Episode, *, max_support_changed: int | None = None) -> None:
+    """Fail loudly (naming the attack) unless ``adv`` is a valid perturbation of ``clean``.
+
+    Checks: ``clean`` equals its snapshot ``before`` (not mutated); shapes, dtypes and
+    labels unchanged; images in [0, 1]; every image within ``eps`` in ``norm``; the
+    part the target does not cover is bit-identical; at most ``max_support_changed``
+    support images changed per episode.
+    """
+    def fail(what: str) -> None:
+        raise MrbenchError(f"Attack {attack_id!r} ({norm}, eps={format_eps(eps)}, target={target}) {what}.",
+                           "This is a bug in the attack plugin: report it to its maintainer.")
+
+    names = ("x_support", "y_support", "x_query", "y_query")
+    for name, t, b in zip(names, clean.tensors(), before):
+        if not torch.equal(t, b):
+            fail(f"mutated its input episode ({name})")
+    for name, a, c in zip(names, adv.tensors(), clean.tensors()):
+        if a.shape != c.shape or a.dtype != c.dtype:
+            fail(f"returned {name} of shape {tuple(a.shape)} {a.dtype}, expected {tuple(c.shape)} {c.dtype}")
+    if not torch.equal(adv.y_support, clean.y_support) or not torch.equal(adv.y_query, clean.y_query):
+        fail("changed labels")
+    for name, a, c, allowed in (("x_support", adv.x_support, clean.x_support, target in ("support", "both")),
+                                ("x_query", adv.x_query, clean.x_query, target in ("query", "both"))):
+        if not torch.isfinite(a).all() or a.min() < 0 or a.max() > 1:
+            fail(f"left [0, 1] in {name} (min {float(a.min()):.4g}, max {float(a.max()):.4g})")
+        d = (a - c).flatten(-3)
+        if not allowed:
+            if bool((d != 0).any()):
+                fail(f"changed {name}, which target {target!r} does not cover")
+            continue
+        size = d.abs().amax(-1) if norm == "linf" else d.norm(dim=-1)
+        tol = 1e-6 + (1e-5 * eps if norm == "l2" else 0.0)
+        if bool((size > eps + tol).any()):
+            fail(f"left the {norm} ball in {name}: largest perturbation {float(size.max()):.6g} > eps {eps:.6g}")
+        if name == "x_support" and max_support_changed is not None:
+            changed = int((d != 0).any(-1).sum(-1).max())
+            if changed > max_support_changed:
+                fail(f"changed {changed} support images of an episode, more than {max_support_changed} allowed")
+
+
+def run_attack(attack: "Attack", victim: Victim, episodes: Episode, eps: float, target: str,
+               generator: torch.Generator) -> Tensor:
+    """Perturb with ``attack``, check the result, return per-query correctness ``[E, Q]`` (bool)."""
+    if target not in attack.targets:
+        raise MrbenchError(f"Attack {attack.id!r} cannot attack the {target}.",
+                           f"Its targets: {', '.join(attack.targets)}.")
+    if victim.n_way < attack.min_way:
+        raise MrbenchError(f"Attack {attack.id!r} needs episodes of at least {attack.min_way} ways, got {victim.n_way}.",
+                           "Use another attack for this suite (see `mrbench attacks`).")
+    before = snapshot(episodes)
+    adv = attack.perturb(victim, episodes, eps, target, generator)
+    frac = getattr(attack.options, "poison_fraction", 1.0)
+    n_s = episodes.x_support.shape[1]
+    check_perturbation(attack.id, attack.norm, eps, target, episodes, before, adv,
+                       max_support_changed=None if frac >= 1 else max(1, math.ceil(frac * n_s - 1e-9)))
+    with torch.no_grad():
+        logits = victim.logits(adv.x_support, adv.y_support, adv.x_query)
+    return logits.argmax(-1) == adv.y_query
+
+
+# --- attack-strength sanity checks ----------------------------------------------------
+
+
+@dataclass
+class SanityResult:
+    """Outcome of the sanity checks of one evaluation: ``checks`` name -> record."""
+
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, name: str, passed: bool, detail: str, **numbers: float) -> None:
+        self.checks[name] = {"passed": bool(passed), "detail": detail, **{k: round(float(v), 6) for k, v in numbers.items()}}
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{k}: {v['detail']}" for k, v in self.checks.items() if not v["passed"]]
+
+
+SANITY_TOL = 0.03
+"""Slack (absolute accuracy) of the monotonicity checks: random starts make PGD's
+accuracy noisy at the level of a few queries."""
+
+
+def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[AttackScenario], out: SanityResult) -> None:
+    """From an evaluation's own eps sweep: each attack/target's accuracy is non-increasing in eps."""
+    by_key: dict[tuple[str, tuple, str], list[tuple[float, float]]] = {}
+    for sc in scenarios:
+        if sc.name in metrics:
+            by_key.setdefault((sc.attack, sc.options, sc.target), []).append((sc.eps, metrics[sc.name]["accuracy"]))
+    for (attack, _opts, target), pts in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        if len(pts) < 2:
+            continue
+        pts.sort()
+        bad = [(a, b) for a, b in zip(pts, pts[1:]) if b[1] > a[1] + SANITY_TOL]
+        out.add(f"eps-monotone:{attack}:{target}", not bad,
+                "accuracy non-increasing in eps" if not bad else
+                f"accuracy rose from {bad[0][0][1]:.3f} at eps {format_eps(bad[0][0][0])} to {bad[0][1][1]:.3f} at "
+                f"eps {format_eps(bad[0][1][0])}")
+
+
+def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str,
+                  steps: int, generator_seed: int) -> SanityResult:
+    """Attack-strength checks on a few episodes, with the first-party reference attacks.
+
+    - ``steps-monotone``: PGD with ``steps`` is at least as strong as with ``steps // 4``;
+    - ``pgd-vs-fgsm``: PGD is at least as strong as FGSM;
+    - ``eps-monotone``: PGD at ``eps`` is at least as strong as at ``eps / 2``;
+    - ``large-eps``: PGD at an eps that spans the whole pixel range brings accuracy near
+      or below chance (``1/n_way + 0.1``);
+    - ``gradient-free`` (query target): Square (gradient-free) is not far stronger
+      than PGD (by more than 0.1), a sign of gradient masking.
+
+    Each failure is a reason to mark the result unreliable.
+    """
+    out = SanityResult()
+    pgd_id = "pgd-linf" if norm == "linf" else "pgd-l2"
+    big = 1.0 if norm == "linf" else math.sqrt(episodes.x_query[0, 0].numel())
+
+    def acc(attack_id: str, e: float, **opts: Any) -> float:
+        g = torch.Generator().manual_seed(generator_seed)
+        atk = registry.create("attack", attack_id, opts)
+        correct = run_attack(atk, victim, episodes, e, target, g)
+        return float(correct.float().mean())
+
+    a_pgd = acc(pgd_id, eps, steps=steps)
+    a_few = acc(pgd_id, eps, steps=max(1, steps // 4))
+    a_half = acc(pgd_id, eps / 2, steps=steps)
+    a_fgsm = acc("fgsm", eps) if norm == "linf" else None
+    a_big = acc(pgd_id, big, steps=steps)
+    chance = 1.0 / victim.n_way
+    out.add("steps-monotone", a_pgd <= a_few + SANITY_TOL,
+            f"PGD-{steps} {a_pgd:.3f} vs PGD-{max(1, steps // 4)} {a_few:.3f}", pgd=a_pgd, pgd_few=a_few)
+    out.add("eps-monotone", a_pgd <= a_half + SANITY_TOL,
+            f"eps {format_eps(eps)}: {a_pgd:.3f} vs eps/2: {a_half:.3f}", pgd=a_pgd, pgd_half_eps=a_half)
+    if a_fgsm is not None:
+        out.add("pgd-vs-fgsm", a_pgd <= a_fgsm + SANITY_TOL, f"PGD {a_pgd:.3f} vs FGSM {a_fgsm:.3f}",
+                pgd=a_pgd, fgsm=a_fgsm)
+    out.add("large-eps", a_big <= chance + 0.1,
+            f"PGD at eps {big:.4g} (the whole pixel range): {a_big:.3f}, chance {chance:.3f}", pgd_large_eps=a_big)
+    if target == "query":
+        a_sq = acc("square", eps, n_queries=1000) if norm == "linf" else acc("square-l2", eps, n_queries=1000)
+        out.add("gradient-free", a_sq >= a_pgd - 0.1,
+                f"Square (gradient-free) {a_sq:.3f} vs PGD {a_pgd:.3f}", square=a_sq, pgd=a_pgd)
+    return out

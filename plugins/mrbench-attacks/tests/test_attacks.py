@@ -1,0 +1,276 @@
+"""Attack plugins under the harness's protocol: closed-form optima, balls, poisoning, sanity."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.attacks import (
+    AttackScenario, Victim, check_perturbation, format_eps, parse_eps, run_attack, sanity_checks, snapshot,
+)
+from bench.components import Algorithm, Attack, Episode, EpisodeSpec
+from bench.errors import MrbenchError
+from bench.execution import Execution
+from bench.plugins import get_registry
+
+
+class Centroid(Algorithm):
+    """Nearest centroid on raw pixels: logits = -||x - c_k||^2. Attacks on it have closed forms."""
+
+    id = "test-centroid"
+
+    def init(self, spec, generator):
+        return {"scale": torch.ones(())}
+
+    def adapt(self, params, x_support, y_support, *, n_way, train=False):
+        onehot = torch.nn.functional.one_hot(y_support, n_way).to(x_support.dtype)
+        flat = x_support.flatten(1)
+        return (onehot.T @ flat) / onehot.sum(0)[:, None]
+
+    def predict(self, params, state, x_query):
+        q = x_query.flatten(1)
+        return -params["scale"] * ((q[:, None, :] - state[None]) ** 2).sum(-1)
+
+
+class QuantizedCentroid(Centroid):
+    """A gradient-masked learner: it thresholds its input, so every input gradient is 0."""
+
+    id = "test-quantized-centroid"
+
+    def adapt(self, params, x_support, y_support, *, n_way, train=False):
+        return super().adapt(params, _binarize(x_support), y_support, n_way=n_way)
+
+    def predict(self, params, state, x_query):
+        return super().predict(params, state, _binarize(x_query))
+
+
+def _binarize(x):
+    # Straight 0/1 threshold, with a zero gradient everywhere (no straight-through).
+    return (x > 0.5).to(x.dtype) + 0.0 * x
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return get_registry()
+
+
+def two_way(n_episodes=3, n_query=1, seed=0, size=8):
+    """2-way 1-shot episodes with images near 0.5 (so small balls never touch the box)."""
+    g = torch.Generator().manual_seed(seed)
+    xs = 0.5 + 0.2 * (torch.rand(n_episodes, 2, 1, size, size, generator=g) - 0.5)
+    xq = xs.repeat_interleave(n_query, 1) + 0.02 * (torch.rand(n_episodes, 2 * n_query, 1, size, size, generator=g) - 0.5)
+    ys = torch.arange(2).expand(n_episodes, 2).contiguous()
+    yq = torch.arange(2).repeat_interleave(n_query).expand(n_episodes, -1).contiguous()
+    return Episode(xs, ys, xq, yq)
+
+
+def margin(x, c_true, c_other):
+    """logit_true - logit_other of the centroid learner."""
+    return (((x - c_other) ** 2).sum() - ((x - c_true) ** 2).sum()).item()
+
+
+def test_eps_parsing_and_names():
+    assert parse_eps("16/255") == pytest.approx(16 / 255)
+    assert parse_eps("0.5") == 0.5 and parse_eps(0.25) == 0.25
+    assert format_eps(16 / 255) == "16/255" and format_eps(0.5) == "0.5"
+    assert AttackScenario("pgd-linf", 16 / 255, "query").name == "pgd-linf@16/255:query"
+    assert AttackScenario("pgd-linf", 8 / 255, "support", (("steps", 40),)).name == "pgd-linf[steps=40]@8/255:support"
+    with pytest.raises(MrbenchError, match="16/255"):
+        parse_eps("sixteen")
+
+
+@pytest.mark.parametrize("attack_id", ["pgd-linf", "fgsm"])
+def test_linf_query_attack_reaches_the_analytic_worst_case(registry, attack_id):
+    # For 2 classes the centroid learner's margin is linear in the query, so the worst
+    # case in the Linf ball is the corner x - eps * sign(c_true - c_other); FGSM and PGD
+    # (signed steps, no clamp active) must land exactly there.
+    eps = 0.03
+    ep = two_way()
+    victim = Victim(Centroid(), {"scale": torch.ones(())}, 2)
+    opts = {"steps": 10, "step_size": 0.25, "random_start": True} if attack_id == "pgd-linf" else {}
+    adv = registry.create("attack", attack_id, opts).perturb(victim, ep, eps, "query", torch.Generator().manual_seed(0))
+    for e in range(ep.x_query.shape[0]):
+        for q in range(2):
+            c_t, c_o = ep.x_support[e, q], ep.x_support[e, 1 - q]
+            x = ep.x_query[e, q]
+            best = x - eps * torch.sign(c_t - c_o)
+            torch.testing.assert_close(adv.x_query[e, q], best, atol=1e-6, rtol=0)
+            analytic = margin(x, c_t, c_o) - 2 * eps * (c_t - c_o).abs().sum().item()
+            assert margin(adv.x_query[e, q], c_t, c_o) == pytest.approx(analytic, abs=1e-4)
+
+
+def test_l2_query_attack_reaches_the_analytic_worst_case(registry):
+    # In the L2 ball the worst case of a linear margin is x - eps * w / ||w||.
+    eps = 0.1
+    ep = two_way()
+    victim = Victim(Centroid(), {"scale": torch.ones(())}, 2)
+    atk = registry.create("attack", "pgd-l2", {"steps": 50, "step_size": 0.1, "random_start": False})
+    adv = atk.perturb(victim, ep, eps, "query", torch.Generator().manual_seed(0))
+    for e in range(ep.x_query.shape[0]):
+        for q in range(2):
+            c_t, c_o = ep.x_support[e, q], ep.x_support[e, 1 - q]
+            w = c_t - c_o
+            x = ep.x_query[e, q]
+            analytic = margin(x, c_t, c_o) - 2 * eps * w.norm().item()
+            assert margin(adv.x_query[e, q], c_t, c_o) == pytest.approx(analytic, abs=2e-3 * abs(analytic) + 1e-4)
+
+
+def test_support_poisoning_reaches_the_analytic_worst_case(registry):
+    # One query per class and 1 shot: moving the true class's support image c_t within
+    # the Linf ball, the margin -||x - c_t||^2 + ||x - c_o||^2 is smallest at the corner
+    # farthest from the query, c_t + eps * sign(c_t - x); the other support image moves
+    # toward the query. PGD through adapt() must find both corners.
+    eps = 0.03
+    ep = two_way(n_query=1)
+    victim = Victim(Centroid(), {"scale": torch.ones(())}, 2)
+    atk = registry.create("attack", "pgd-linf", {"steps": 10, "step_size": 0.25, "random_start": False})
+    adv = atk.perturb(victim, ep, eps, "support", torch.Generator().manual_seed(0))
+    torch.testing.assert_close(adv.x_query, ep.x_query, atol=0, rtol=0)
+    for e in range(ep.x_query.shape[0]):
+        # Each support image is pushed away from its own query and toward the other class's.
+        for k in range(2):
+            x_own, x_other, c = ep.x_query[e, k], ep.x_query[e, 1 - k], ep.x_support[e, k]
+            direction = torch.sign((c - x_own) - (c - x_other))  # gradient of the summed CE terms, up to scale
+            expect = c + eps * direction
+            agree = (adv.x_support[e, k] - expect).abs() < 1e-6
+            assert agree.float().mean() > 0.99
+
+
+def _easy_episodes(n_way=5, n_query=3, n_episodes=4, seed=0):
+    """Distinct random patterns per class plus small noise: an untrained conv4 separates them."""
+    g = torch.Generator().manual_seed(seed)
+    pat = torch.rand(n_episodes, n_way, 1, 28, 28, generator=g)
+    xq = (pat.repeat_interleave(n_query, 1) + 0.05 * torch.randn(n_episodes, n_way * n_query, 1, 28, 28, generator=g))
+    labels = torch.arange(n_way)
+    return Episode(pat.clone(), labels.expand(n_episodes, n_way).contiguous(), xq.clamp(0, 1),
+                   labels.repeat_interleave(n_query).expand(n_episodes, -1).contiguous())
+
+
+@pytest.mark.parametrize("algorithm_id,options", [("protonet", {}), ("maml", {"inner_steps_test": 5})])
+def test_support_poisoning_lowers_accuracy_through_adaptation(registry, algorithm_id, options):
+    algo = registry.create("algorithm", algorithm_id, options)
+    ep = _easy_episodes(n_episodes=2)
+    params = algo.init(EpisodeSpec(5, 1, 3), torch.Generator().manual_seed(0))
+    victim = Victim(algo, params, 5)
+    with torch.no_grad():
+        clean = (victim.logits(ep.x_support, ep.y_support, ep.x_query).argmax(-1) == ep.y_query).float().mean()
+    atk = registry.create("attack", "pgd-linf", {"steps": 5, "step_size": 0.4})
+    poisoned = run_attack(atk, victim, ep, 0.25, "support", torch.Generator().manual_seed(0)).float().mean()
+    assert clean >= 0.6, f"{algorithm_id} should separate the easy episodes before the attack ({clean:.2f})"
+    assert poisoned <= clean - 0.3, f"poisoning the support set only moved accuracy {clean:.2f} -> {poisoned:.2f}"
+
+
+def test_poison_fraction_changes_only_that_many_support_images(registry):
+    algo = registry.create("algorithm", "protonet")
+    ep = _easy_episodes(n_episodes=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 3), torch.Generator().manual_seed(0)), 5)
+    atk = registry.create("attack", "pgd-linf", {"steps": 2, "poison_fraction": 0.2})
+    adv = atk.perturb(victim, ep, 0.1, "support", torch.Generator().manual_seed(0))
+    changed = (adv.x_support != ep.x_support).flatten(2).any(-1).sum(-1)
+    assert changed.tolist() == [1, 1]
+
+
+ALL_CASES = [
+    ("fgsm", "query", {}), ("fgsm", "support", {}), ("fgsm", "both", {}),
+    ("pgd-linf", "query", {"steps": 2}), ("pgd-linf", "support", {"steps": 2}), ("pgd-linf", "both", {"steps": 2}),
+    ("pgd-linf", "query", {"steps": 2, "restarts": 2}),
+    ("pgd-l2", "query", {"steps": 2}), ("pgd-l2", "support", {"steps": 2}), ("pgd-l2", "both", {"steps": 2}),
+    ("cw-l2", "query", {"steps": 3}), ("apgd-ce", "query", {"steps": 3}), ("apgd-dlr", "query", {"steps": 3}),
+    ("apgd-t", "query", {"steps": 3}), ("square", "query", {"n_queries": 20}), ("square-l2", "query", {"n_queries": 20}),
+    ("autoattack", "query", {"apgd_steps": 2, "fab_steps": 2, "square_queries": 10}),
+]
+
+
+@pytest.mark.parametrize("attack_id,target,options", ALL_CASES, ids=lambda v: str(v))
+def test_every_attack_stays_in_its_ball_and_is_deterministic(registry, attack_id, target, options):
+    algo = registry.create("algorithm", "protonet")
+    ep = _easy_episodes(n_episodes=2, n_query=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 2), torch.Generator().manual_seed(0)), 5)
+    atk = registry.create("attack", attack_id, options)
+    eps = 16 / 255 if atk.norm == "linf" else 1.0
+    before = snapshot(ep)
+    a = atk.perturb(victim, ep, eps, target, torch.Generator().manual_seed(3))
+    check_perturbation(atk.id, atk.norm, eps, target, ep, before, a)  # raises on any violation
+    b = atk.perturb(victim, ep, eps, target, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a.x_query, b.x_query, atol=0, rtol=0)
+    torch.testing.assert_close(a.x_support, b.x_support, atol=0, rtol=0)
+
+
+def test_registered_attacks_are_all_covered(registry):
+    assert set(registry.ids("attack")) == {c[0] for c in ALL_CASES}
+
+
+class Broken(Attack):
+    id = "test-broken"
+    norm = "linf"
+    targets = ("query",)
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        episodes.x_query.add_(0.0)  # harmless in-place op
+        x = (episodes.x_query + 2 * eps).clamp(0, 1)
+        return Episode(episodes.x_support, episodes.y_support, x, episodes.y_query)
+
+
+class Mutating(Attack):
+    id = "test-mutating"
+    norm = "linf"
+    targets = ("query",)
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        episodes.x_query.mul_(0.99)
+        return Episode(*(t.clone() for t in episodes.tensors()))
+
+
+def test_harness_rejects_attacks_that_leave_the_ball_or_mutate():
+    victim = Victim(Centroid(), {"scale": torch.ones(())}, 2)
+    ep = two_way()
+    with pytest.raises(MrbenchError, match="test-broken.*left the linf ball"):
+        run_attack(Broken(), victim, ep, 0.01, "query", torch.Generator())
+    with pytest.raises(MrbenchError, match="test-mutating.*mutated its input"):
+        run_attack(Mutating(), victim, ep, 0.01, "query", torch.Generator())
+    with pytest.raises(MrbenchError, match="cannot attack the support"):
+        run_attack(Broken(), victim, ep, 0.01, "support", torch.Generator())
+
+
+def test_torchattacks_mode_does_not_change_the_protocol(registry):
+    # torchattacks calls model.eval()/train(); the wrapper is functional, so logits agree.
+    algo = registry.create("algorithm", "maml")
+    ep = _easy_episodes(n_episodes=2, n_query=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 2), torch.Generator().manual_seed(0)), 5)
+    m = victim.query_module(ep.x_support, ep.y_support)
+    m.n_queries = ep.x_query.shape[1]
+    x = ep.x_query.flatten(0, 1)
+    with torch.no_grad():
+        a = m.train()(x)
+        b = m.eval()(x)
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+    with pytest.raises(MrbenchError, match="subset"):
+        m(x[:3])
+
+
+def _sanity_episodes(n_episodes=4, n_query=5, size=8, seed=1):
+    # 3-way episodes of low-contrast grey patterns around 0.5: thresholding them is a
+    # lossy but usable view, and every pixel can be flipped inside a 0.25 ball.
+    g = torch.Generator().manual_seed(seed)
+    pat = 0.5 + 0.4 * (torch.rand(n_episodes, 3, 1, size, size, generator=g) - 0.5)
+    xq = (pat.repeat_interleave(n_query, 1) + 0.03 * torch.randn(n_episodes, 3 * n_query, 1, size, size, generator=g))
+    labels = torch.arange(3)
+    return Episode(pat, labels.expand(n_episodes, 3).contiguous(), xq.clamp(0, 1),
+                   labels.repeat_interleave(n_query).expand(n_episodes, -1).contiguous())
+
+
+def test_sanity_checks_flag_a_gradient_masked_learner(registry):
+    ep = _sanity_episodes()
+    masked = Victim(QuantizedCentroid(), {"scale": torch.ones(())}, 3)
+    res = sanity_checks(registry, masked, ep, eps=0.25, norm="linf", target="query", steps=8, generator_seed=0)
+    assert not res.checks["gradient-free"]["passed"], res.checks
+    assert any("gradient-free" in f for f in res.failures)
+
+
+def test_sanity_checks_pass_on_an_honest_learner(registry):
+    ep = _sanity_episodes()
+    honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
+    res = sanity_checks(registry, honest, ep, eps=0.25, norm="linf", target="query", steps=8, generator_seed=0)
+    assert res.failures == [], res.checks

@@ -1,0 +1,117 @@
+"""Attack scenarios in the harness: evaluate with attacks, resume, ensembles, sanity, adversarial training, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import bench.evaluation as evaluate_mod
+from bench.attacks import AttackScenario
+from bench.checkpoint import load_final
+from bench.cli import main
+from bench.errors import MrbenchError
+from bench.evaluation import evaluate
+from bench.plugins import get_registry
+from bench.schema import ResultEntry
+from bench.training import Adversary, train
+
+EPS = 16 / 255
+CELLS = [AttackScenario("fgsm", EPS, "query"), AttackScenario("pgd-linf", EPS, "query", (("steps", 3),)),
+         AttackScenario("pgd-linf", EPS, "support", (("steps", 3),)), AttackScenario("pgd-linf", 8 / 255, "query", (("steps", 3),))]
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_suite):
+    train("protonet", tiny_suite, tmp_path / "p.pt", steps=6, meta_batch=2, device="cpu")
+    return tmp_path / "p.pt"
+
+
+def test_attack_scenarios_ensemble_and_sanity_go_into_a_valid_entry(tmp_path, tiny_suite, ckpt):
+    e = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=CELLS, n_episodes=4,
+                 sanity_episodes=2)
+    ResultEntry.model_validate(e)
+    m = e["metrics"]
+    names = {"clean", "fgsm@16/255:query", "pgd-linf[steps=3]@16/255:query", "pgd-linf[steps=3]@16/255:support",
+             "pgd-linf[steps=3]@8/255:query", "ensemble@16/255:query"}
+    assert set(m) == names
+    # A query is robust under the ensemble only if every attack fails on it.
+    assert m["ensemble@16/255:query"]["accuracy"] <= min(m["fgsm@16/255:query"]["accuracy"],
+                                                         m["pgd-linf[steps=3]@16/255:query"]["accuracy"]) + 1e-12
+    assert m["pgd-linf[steps=3]@16/255:query"]["accuracy"] < m["clean"]["accuracy"]
+    assert set(e["sanity"]) >= {"query", "support"}
+    assert {"steps-monotone", "pgd-vs-fgsm", "large-eps", "gradient-free"} <= set(e["sanity"]["query"]["checks"])
+    assert e["unreliable"] == bool(e.get("footnote"))
+    # Per-episode file holds every scenario.
+    rows = (tmp_path / "r.episodes.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * len(names)
+    again = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r2.json", device="cpu", attacks=CELLS, n_episodes=4,
+                     sanity=False)
+    assert again["metrics"] == m, "attacks are seeded: the same command gives the same numbers"
+
+
+def test_interrupted_attack_evaluation_resumes(tmp_path, tiny_suite, ckpt, monkeypatch):
+    cells = CELLS[1:2]
+    ref = evaluate(None, tiny_suite, ckpt, out=tmp_path / "ref.json", device="cpu", attacks=cells, n_episodes=8,
+                   chunk_episodes=4, sanity=False)
+    real = evaluate_mod.run_attack
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(evaluate_mod, "run_attack", flaky)
+    with pytest.raises(MrbenchError, match="4/8 episodes saved"):
+        evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=cells, n_episodes=8,
+                 chunk_episodes=4, sanity=False)
+    calls.clear()
+    e = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=cells, n_episodes=8,
+                 chunk_episodes=4, sanity=False)
+    assert len(calls) == 1, "only the unfinished chunk is attacked again"
+    assert e["metrics"] == ref["metrics"]
+
+
+def test_attack_errors_name_the_problem(tmp_path, tiny_suite, ckpt):
+    with pytest.raises(MrbenchError, match="at least 4 ways"):
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("apgd-t", EPS, "query")])
+    with pytest.raises(MrbenchError, match="cannot attack the support"):
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("square", EPS, "support")])
+    with pytest.raises(MrbenchError, match="pgd-linf"):
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("pgd-lnf", EPS, "query")])
+
+
+@pytest.mark.parametrize("target", ["query", "support"])
+def test_adversarial_meta_training_is_recorded_and_changes_the_weights(tmp_path, tiny_suite, target):
+    reg = get_registry()
+    natural = train("protonet", tiny_suite, tmp_path / "n.pt", steps=3, meta_batch=2, device="cpu")
+    adv = Adversary(reg.create("attack", "pgd-linf", {"steps": 2}), EPS, target)
+    res = train("protonet", tiny_suite, tmp_path / "a.pt", steps=3, meta_batch=2, device="cpu", adversary=adv)
+    assert res.meta["adversarial"]["attack"] == "pgd-linf" and res.meta["adversarial"]["target"] == target
+    assert res.meta["adversarial"]["eps_name"] == "16/255"
+    assert res.meta["config_key"] != natural.meta["config_key"]
+    p_nat, _, _ = load_final(tmp_path / "n.pt")
+    p_adv, _, _ = load_final(tmp_path / "a.pt")
+    assert any(not torch.equal(p_nat[k], p_adv[k]) for k in p_nat)
+    e = evaluate(None, tiny_suite, tmp_path / "a.pt", device="cpu", n_episodes=2)
+    assert e["training"]["adversarial"]["target"] == target
+
+
+def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, capsys):
+    assert main(["attacks", "--json"]) == 0
+    listed = {a["id"]: a for a in json.loads(capsys.readouterr().out)}
+    assert {"fgsm", "pgd-linf", "pgd-l2", "cw-l2", "apgd-ce", "apgd-dlr", "apgd-t", "square", "autoattack"} <= set(listed)
+    assert listed["apgd-t"]["min_way"] == 4 and listed["square"]["gradient_free"]
+    assert set(listed["pgd-linf"]["targets"]) == {"query", "support", "both"}
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
+                 "--episodes", "2", "--attacks", "fgsm,pgd-linf[steps=2]", "--eps", "8/255,16/255",
+                 "--target", "query,both", "--no-sanity", "--quiet", "--device", "cpu"]) == 0
+    m = json.loads(out.read_text())["metrics"]
+    assert "pgd-linf[steps=2]@8/255:both" in m and "fgsm@16/255:query" in m and "ensemble@16/255:both" in m
+    assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
+                 "--attacks", "pgd-linf", "--eps", "lots", "--quiet"]) == 2
+    assert "Cannot read eps 'lots'" in capsys.readouterr().err
