@@ -135,7 +135,8 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
                               args.adv_target)
     return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
-                 reporter=_reporter("steps", args.quiet), val_every=args.val_every, adversary=adversary)
+                 reporter=_reporter("steps", args.quiet), val_every=args.val_every, adversary=adversary,
+                 init_from=getattr(args, "init_from", None))
 
 
 def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
@@ -366,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--adv-eps", default=None, metavar="EPS", help="its budget, e.g. 16/255")
     sp.add_argument("--adv-target", default="query", choices=["query", "support"],
                     help="query = adversarial querying (default); support = poisoned support sets")
+    sp.add_argument("--init-from", default=None, metavar="CKPT",
+                    help="start from this checkpoint's weights (e.g. adversarial fine-tuning of a natural model)")
     training(sp)
     common(sp)
     sp.set_defaults(func=cmd_train)

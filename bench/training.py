@@ -158,6 +158,7 @@ def train(
     val_every: int = 0,
     val_episodes: int = 100,
     adversary: Adversary | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Meta-train ``algorithm`` on the meta-train split of ``suite``; write checkpoint ``out``.
 
@@ -184,6 +185,10 @@ def train(
     :param val_episodes: episodes per validation.
     :param adversary: adversarial meta-training (see :class:`Adversary`); recorded in the
         checkpoint's ``adversarial`` field. Needs the harness's default training step.
+    :param init_from: start from this checkpoint's weights (same algorithm) instead of a
+        fresh initialisation, e.g. adversarial fine-tuning of a naturally trained model;
+        its sha256 is part of the run's key and recorded in the checkpoint (and, for
+        adversarial runs, in ``adversarial.init_from``).
     """
     algo, registry = _resolve(algorithm, options, registry)
     suite = get_suite(suite) if isinstance(suite, str) else suite
@@ -204,20 +209,31 @@ def train(
     steps = int(steps if steps is not None else d.steps)
     if steps < 1:
         raise MrbenchError(f"--steps must be >= 1, got {steps}.")
+    init_params, init_ref = None, None
+    if init_from is not None:
+        init_params, init_meta, init_sha = load_final(Path(init_from))
+        if init_meta["algorithm"]["id"] != algo.id:
+            raise MrbenchError(f"--init-from {init_from} holds a {init_meta['algorithm']['id']!r} checkpoint, not {algo.id!r}.",
+                               "Start from a checkpoint of the same algorithm.")
+        init_ref = {"file": Path(init_from).name, "sha256": init_sha, "steps": init_meta.get("steps"),
+                    "adversarial": init_meta.get("adversarial")}
+    adv_desc = adversary.describe() if adversary is not None else None
+    if adv_desc is not None and init_ref is not None:
+        adv_desc["init_from"] = init_ref
     cfg = TrainConfig(
         algorithm=algo.id, algorithm_version=algo.version, options=algo.options.model_dump(mode="json"),
         suite=suite.ref, train_spec={"n_way": train_spec.n_way, "k_shot": train_spec.k_shot, "n_query": train_spec.n_query},
         eval_spec={"n_way": suite.spec.n_way, "k_shot": suite.spec.k_shot, "n_query": suite.spec.n_query},
         seed=seed, meta_batch=int(meta_batch or d.meta_batch), lr=float(lr or d.lr),
         lr_decay_every=d.lr_decay_every, lr_decay=d.lr_decay,
-        adversarial=adversary.describe() if adversary is not None else None,
+        adversarial=adv_desc,
     )
     if adversary is not None and algo.train_step is not None:
         raise MrbenchError(f"{algo.id} has its own training step, so adversarial meta-training cannot attack its batches.",
                            "Adversarial training works for algorithms that use the harness's default step.")
     if adversary is not None and adversary.target not in ("query", "support"):
         raise MrbenchError(f"--adv-target {adversary.target!r} is not supported.", "Use query or support.")
-    key = cfg.key()
+    key = cfg.key() if init_ref is None else digest([cfg.key(), init_ref["sha256"]])
 
     if out.exists():
         _, meta, sha = load_final(out)
@@ -233,6 +249,12 @@ def train(
     split = split.to(dev)
     # init_for_training defaults to init; a resumed run overwrites these values from its partial file.
     init = algo.init_for_training(suite.spec, torch.Generator().manual_seed(seed), split)
+    if init_params is not None:
+        missing = sorted(set(init) - set(init_params))
+        if missing:
+            raise MrbenchError(f"--init-from {init_from} lacks parameters {', '.join(missing)}.",
+                               "It was trained with other options; pass the same -o options.")
+        init = {k: init_params[k].to(init[k].dtype) if k in init_params else v for k, v in init.items()}
     params = {k: v.to(dev).requires_grad_(True) for k, v in init.items()}
     optimizer = torch.optim.Adam(algo.param_groups(params), lr=cfg.lr)
     gen = torch.Generator(device=dev).manual_seed(seed + 1)
@@ -336,6 +358,7 @@ def train(
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk},
         "environment": environment(dev),
         "adversarial": cfg.adversarial,
+        "init_from": init_ref,
         "validation": curve,
     }
     sha = save_final(out, params, meta)

@@ -115,3 +115,15 @@ def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, caps
     assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
                  "--attacks", "pgd-linf", "--eps", "lots", "--quiet"]) == 2
     assert "Cannot read eps 'lots'" in capsys.readouterr().err
+
+
+def test_adversarial_fine_tuning_starts_from_a_checkpoint(tmp_path, tiny_suite):
+    reg = get_registry()
+    natural = train("protonet", tiny_suite, tmp_path / "n.pt", steps=2, meta_batch=2, device="cpu")
+    adv = Adversary(reg.create("attack", "fgsm"), EPS, "query")
+    res = train("protonet", tiny_suite, tmp_path / "ft.pt", steps=1, meta_batch=2, device="cpu", adversary=adv,
+                init_from=tmp_path / "n.pt")
+    assert res.meta["init_from"]["sha256"] == natural.sha256
+    assert res.meta["adversarial"]["init_from"]["sha256"] == natural.sha256
+    with pytest.raises(MrbenchError, match="holds a 'protonet' checkpoint"):
+        train("maml", tiny_suite, tmp_path / "m.pt", steps=1, meta_batch=1, device="cpu", init_from=tmp_path / "n.pt")
