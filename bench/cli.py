@@ -93,6 +93,18 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    from bench.results import markdown_table
+
+    text = markdown_table(args.entries, sources=[Path(p).name for p in args.entries])
+    if args.out:
+        Path(args.out).write_text(text)
+        _console().print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def cmd_suites(args: argparse.Namespace) -> int:
     from bench.suites import all_suites
 
@@ -393,6 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="episodes the sanity checks attack (default 10)")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("results", help="a Markdown table (scenario x entry) of result entries")
+    sp.add_argument("entries", nargs="+", metavar="RESULT.json")
+    sp.add_argument("--out", default=None, help="write the table to this file (default: print it)")
+    sp.set_defaults(func=cmd_results)
 
     sp = sub.add_parser("attacks", help="list the attacks, their norms, targets and options")
     sp.add_argument("--json", action="store_true")

@@ -112,6 +112,10 @@ def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, caps
                  "--target", "query,both", "--no-sanity", "--quiet", "--device", "cpu"]) == 0
     m = json.loads(out.read_text())["metrics"]
     assert "pgd-linf[steps=2]@8/255:both" in m and "fgsm@16/255:query" in m and "ensemble@16/255:both" in m
+    capsys.readouterr()
+    assert main(["results", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| `pgd-linf[steps=2]@8/255:both` |" in table and "(n=2)" in table
     assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
                  "--attacks", "pgd-linf", "--eps", "lots", "--quiet"]) == 2
     assert "Cannot read eps 'lots'" in capsys.readouterr().err
