@@ -126,7 +126,12 @@ def check_meta_gradient_batched_equals_loop(algo: Algorithm) -> None:
         grads.append({k: (torch.zeros_like(v) if v.grad is None else v.grad) for k, v in params.items()})
     assert any(g.abs().sum() > 0 for g in grads[0].values()), "the training loss has no gradient"
     for k in grads[0]:
-        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-7, atol=1e-10, msg=f"meta-gradient differs for {k}")
+        # Tolerance relative to the tensor's largest entry: float64 reduction order differs
+        # between CPUs (measured ~2e-9 of the largest entry for Reptile's many inner steps on
+        # an AMD EPYC), while the BatchNorm-under-vmap bug this guards against is a ~2% error.
+        scale = float(grads[0][k].abs().max())
+        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-7, atol=1e-10 + 1e-7 * scale,
+                                   msg=f"meta-gradient differs for {k}")
 
 
 def check_query_independence(algo: Algorithm) -> None:
