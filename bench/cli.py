@@ -151,8 +151,9 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
                  init_from=getattr(args, "init_from", None))
 
 
-def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
-    """``ID:SEVERITY`` -> one scenario; a bare ``ID`` -> every severity of that shift."""
+def _parse_shifts(specs: Sequence[str] | None, suite_id: str | None = None) -> list[tuple[str, int]]:
+    """``ID:SEVERITY`` -> one scenario; a bare ``ID`` -> every severity of that shift;
+    ``suite`` -> the suite's ``[shifts]`` grid."""
     if not specs:
         return []
     from bench.plugins import get_registry
@@ -160,6 +161,13 @@ def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
     registry = get_registry()
     out: list[tuple[str, int]] = []
     for spec in specs:
+        if spec == "suite":
+            from bench.suites import get_suite, shift_grid
+
+            for shift_id, sev in shift_grid(get_suite(suite_id)):
+                registry.get("shift", shift_id)  # an unknown id lists the known ones
+                out.append((shift_id, sev))
+            continue
         shift_id, _, sev = spec.partition(":")
         cls = registry.get("shift", shift_id)
         if not sev:
@@ -170,7 +178,7 @@ def _parse_shifts(specs: Sequence[str] | None) -> list[tuple[str, int]]:
         except ValueError:
             raise MrbenchError(f"--shift {spec!r}: severity {sev!r} is not an integer.",
                                "Write ID:SEVERITY, e.g. --shift gaussian-noise:3, or a bare ID for every severity.") from None
-    return out
+    return list(dict.fromkeys(out))  # `suite` plus a cell it already has: once
 
 
 def _split_list(text: str | None) -> list[str]:
@@ -241,9 +249,9 @@ def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt:
 
     return evaluate(algorithm, suite, ckpt, out=out, n_episodes=args.episodes, options=options,
                     device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet),
-                    shifts=_parse_shifts(getattr(args, "shift", None)), attacks=_parse_attacks(args, suite),
+                    shifts=_parse_shifts(getattr(args, "shift", None), suite), attacks=_parse_attacks(args, suite),
                     sanity=not getattr(args, "no_sanity", False),
-                    sanity_episodes=getattr(args, "sanity_episodes", 10))
+                    sanity_episodes=getattr(args, "sanity_episodes", 10), on=getattr(args, "on", "test"))
 
 
 def _summary(entry: dict[str, Any]) -> str:
@@ -252,6 +260,13 @@ def _summary(entry: dict[str, Any]) -> str:
         lines.append(f"{entry['algorithm']['id']} on {entry['suite']['id']}@v{entry['suite']['version']}: "
                      f"{name} accuracy {100 * m['accuracy']:.2f}% +- {100 * m['ci95']:.2f} "
                      f"(95% CI, {m['n_episodes']} episodes)")
+    corr = (entry.get("summary") or {}).get("corruptions")
+    if corr:
+        lines.append(f"mean corruption accuracy {100 * corr['accuracy']:.2f}% +- {100 * corr['ci95']:.2f} over "
+                     f"{corr['n_scenarios']} scenarios; relative degradation {100 * corr['relative_degradation']:.1f}%")
+    if entry.get("transfer"):
+        t = entry["transfer"]
+        lines.append(f"transfer: trained on {t['trained_on']}, shifted in {', '.join(t['kinds'])}")
     return "\n".join(lines)
 
 
@@ -392,8 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="result entry JSON (rerun the same command to resume)")
     sp.add_argument("--episodes", type=int, default=None, help="only the first N of the suite's episodes")
     sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="override an algorithm option")
-    sp.add_argument("--shift", action="append", metavar="ID[:SEVERITY]",
-                    help="also evaluate under a shift on the same episodes (repeatable; a bare ID runs every severity)")
+    sp.add_argument("--shift", action="append", metavar="ID[:SEVERITY]|suite",
+                    help="also evaluate under a shift on the same episodes (repeatable; a bare ID runs every "
+                         "severity; 'suite' = the suite's shift grid)")
+    sp.add_argument("--on", choices=["test", "train"], default="test",
+                    help="test: the suite's episodes (default); train: as many episodes of the suite's spec from "
+                         "the meta-training classes (the meta-train vs meta-test gap; not a leaderboard entry)")
     sp.add_argument("--attacks", default=None, metavar="A[,B...]|suite",
                     help="attacks to run (ID or ID[key=value,...]); 'suite' = the suite's default grid")
     sp.add_argument("--eps", default=None, metavar="E[,E...]", help="attack budgets, e.g. 4/255,8/255,16/255 "

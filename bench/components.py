@@ -255,6 +255,9 @@ class Dataset(Component):
 
     kind: ClassVar[str] = "dataset"
     splits: ClassVar[tuple[str, ...]] = ("meta-train", "meta-val", "meta-test")
+    #: the image domain; a learner evaluated on another domain than it was trained on is
+    #: a cross-domain transfer in the result entry. ``None``: the dataset's id.
+    domain: ClassVar[str | None] = None
     needs_files: ClassVar[bool] = True
 
     def load(self, split: str, root: "Any | None" = None) -> "ImageSplit":
@@ -322,9 +325,13 @@ class Shift(Component):
 
     :cvar severities: the severity levels it accepts (1..5 for calibrated shifts).
     :cvar targets: which part of the episode it can change: ``query``, ``support``, ``both``.
+    :cvar category: ``corruption`` for image corruptions (they enter the entry's mean
+        corruption accuracy and relative degradation), ``support`` for support-set
+        shifts (label noise, class imbalance), ``other`` otherwise.
     """
 
     kind: ClassVar[str] = "shift"
+    category: ClassVar[str] = "other"
     severities: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
     targets: ClassVar[tuple[str, ...]] = ("query", "support", "both")
 

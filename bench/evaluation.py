@@ -68,6 +68,7 @@ def evaluate(
     attacks: Sequence[Any] | None = None,
     sanity: bool = True,
     sanity_episodes: int = 10,
+    on: str = "test",
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
@@ -93,6 +94,16 @@ def evaluate(
     :param sanity: run the attack-strength sanity checks (:func:`bench.attacks.sanity_checks`)
         on the first ``sanity_episodes`` episodes for every attacked target; a failed
         check marks the entry ``unreliable`` with the reasons in ``footnote``.
+    :param on: ``test`` (the suite's episodes) or ``train``: the same number of episodes
+        of the suite's spec drawn from the meta-training classes, to measure the
+        meta-train vs meta-test gap (recorded as a ``split`` transfer; not a
+        leaderboard entry).
+
+    The entry also carries, where they apply: ``summary.corruptions`` (mean accuracy
+    over the image-corruption scenarios, per severity and per corruption, and the
+    relative degradation against clean), ``breakdown`` (clean accuracy per class
+    group, e.g. Omniglot alphabet) and ``transfer`` (the checkpoint was meta-trained
+    for another way/shot, domain or class split than the episodes it is evaluated on).
     """
     from bench.plugins import get_registry
     from bench.suites import suite_manifest
@@ -112,9 +123,13 @@ def evaluate(
     algo = registry.create("algorithm", trained_id, {**meta["algorithm"]["options"], **(options or {})})
     params = {k: v.to(dev) for k, v in params.items()}
 
-    manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes)
+    manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes, on=on)
     split = split.to(dev)
     spec = manifest.spec
+    transfer = _transfer(meta, suite, dataset, registry, on)
+    group_names = sorted(set(split.groups)) if split.groups else None
+    class_group = (torch.tensor([group_names.index(g) for g in split.groups], device=dev)
+                   if group_names else None)
     scenarios: list[tuple[str, Any, int]] = [("clean", None, 0)]
     for shift_id, severity in shifts or ():
         shift = registry.create("shift", shift_id)
@@ -142,10 +157,11 @@ def evaluate(
     key = digest({"ckpt": ckpt_sha, "manifest": manifest.sha256(), "options": algo.options.model_dump(mode="json"),
                   "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None],
                   "attacks": [[n, a.version, a.options.model_dump(mode="json")] for n, _, a in attack_cells],
-                  "chunk": chunk_episodes if attack_cells else None})
+                  "chunk": chunk_episodes if attack_cells else None, "on": on})
     victim = Victim(algo, params, spec.n_way, ex) if attack_cells else None
 
     done: dict[tuple[str, int], tuple[int, int]] = {}
+    by_group: dict[int, list[list[int]]] = {}  # episode -> [[correct, total] per group] (clean)
     partial = _partial_path(Path(out)) if out else None
     if partial is not None and partial.exists():
         lines = partial.read_text().splitlines()
@@ -156,6 +172,8 @@ def evaluate(
                 except json.JSONDecodeError:
                     break  # a torn last line from a crash: recompute from there
                 done[(rec.get("scenario", "clean"), int(rec["episode"]))] = (int(rec["correct"]), int(rec["total"]))
+                if "groups" in rec:
+                    by_group[int(rec["episode"])] = rec["groups"]
         else:
             partial.unlink()
     if partial is not None and not partial.exists():
@@ -163,6 +181,8 @@ def evaluate(
         partial.write_text(json.dumps({"key": key}) + "\n")
 
     E = manifest.n_episodes
+    if transfer is not None and "way" in transfer["kinds"]:
+        _probe_way(algo, params, gather(split, manifest[:1].to(dev)), spec.n_way, ex, suite, meta)
     todo = [e for e in range(E) if any((n, e) not in done for n in names)]
     reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
     with sigterm_as_interrupt():
@@ -171,12 +191,22 @@ def evaluate(
                 ids = todo[i : i + chunk_episodes]
                 clean = gather(split, manifest[torch.tensor(ids)].to(dev))
                 results = []
+                groups: dict[int, list[list[int]]] = {}
                 for name, shift, severity in scenarios:
                     episodes = clean if shift is None else _shifted(shift, severity, clean, ids, suite.seed, name)
                     logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
-                    correct = (logits.argmax(-1) == episodes.y_query).sum(-1).tolist()
+                    if logits.shape[-1] != spec.n_way:
+                        raise MrbenchError(
+                            f"{algo.id} predicts {logits.shape[-1]} classes, but the episodes of {suite.ref} are "
+                            f"{spec.n_way}-way: its checkpoint fixes the number of ways.",
+                            "Evaluate it on a suite with the way it was trained for, or train it for this suite.")
+                    hits = logits.argmax(-1) == episodes.y_query
+                    correct = hits.sum(-1).tolist()
                     total = int(episodes.y_query.shape[-1])
                     results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
+                    if shift is None and class_group is not None:
+                        groups = _group_counts(hits, manifest.classes[torch.tensor(ids)].to(dev), episodes.y_query,
+                                               class_group, len(group_names), ids)
                 robust: dict[str, torch.Tensor] = {}
                 for name, sc, atk in attack_cells:
                     if all((name, e) in done for e in ids) and not any(name in m for m in ensembles.values()):
@@ -190,9 +220,11 @@ def evaluate(
                     results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
                 if partial is not None:  # on disk first, so a count we report as saved is saved
                     with open(partial, "a") as f:
-                        f.write("".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}) + "\n"
-                                        for n, e, c, t in results))
+                        f.write("".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}
+                                                   | ({"groups": groups[e]} if n == "clean" and e in groups else {}))
+                                        + "\n" for n, e, c, t in results))
                 done.update(((n, e), (c, t)) for n, e, c, t in results)
+                by_group.update(groups)
                 clean_done = [v for (n, _), v in done.items() if n == "clean"]
                 reporter.advance(len(ids), acc=sum(c for c, _ in clean_done) / max(1, sum(t for _, t in clean_done)))
         except KeyboardInterrupt:
@@ -213,14 +245,20 @@ def evaluate(
         acc, ci = mean_ci95([done[(name, e)][0] / done[(name, e)][1] for e in range(E)])
         metrics[name] = {"accuracy": acc, "ci95": ci, "n_episodes": E,
                          "n_queries": sum(done[(name, e)][1] for e in range(E))}
+    summary = _corruption_summary(scenarios, done, E)
+    breakdown = None
+    if group_names and all(e in by_group for e in range(E)):
+        sums = torch.tensor([by_group[e] for e in range(E)]).sum(0).tolist()
+        breakdown = {"by": getattr(dataset, "group_kind", "group"), "scenario": "clean",
+                     "groups": {g: {"accuracy": c / t, "n_queries": t} for g, (c, t) in zip(group_names, sums) if t}}
     entry = {
         "schema_version": SCHEMA_VERSION,
         "kind": "mrbench-result",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "suite": {"id": suite.id, "version": suite.version, "manifest_sha256": manifest.sha256(),
                   "n_episodes": E, "spec": {"n_way": spec.n_way, "k_shot": spec.k_shot, "n_query": spec.n_query}},
-        "dataset": {"id": suite.test.dataset, "options": dataset.options.model_dump(mode="json"),
-                    "split": suite.test.split, "revision": split.revision},
+        "dataset": {"id": dataset.id, "options": dataset.options.model_dump(mode="json"),
+                    "split": (suite.test if on == "test" else suite.train).split, "revision": split.revision},
         "algorithm": {**algo.describe(), "transductive": bool(algo.transductive), "bn_policy": algo.bn_policy},
         "checkpoint": {"sha256": ckpt_sha, "file": Path(checkpoint).name},
         "training": {k: meta.get(k) for k in ("suite", "train_data", "train_spec", "steps", "seed", "meta_batch", "lr",
@@ -236,6 +274,12 @@ def evaluate(
         "peak_memory_bytes": peak_memory_bytes(dev),
         "episodes_file": None,
     }
+    if summary is not None:
+        entry["summary"] = {"corruptions": summary}
+    if breakdown is not None:
+        entry["breakdown"] = breakdown
+    if transfer is not None:
+        entry["transfer"] = transfer
     if failures:
         entry["footnote"] = "Attack-strength sanity checks failed: " + "; ".join(failures) + "."
     if out is not None:
@@ -255,6 +299,87 @@ def evaluate(
             partial.unlink(missing_ok=True)
     return entry
 
+
+
+def _probe_way(algo: Any, params: Any, episode: Any, n_way: int, ex: Execution, suite: Suite,
+               meta: dict[str, Any]) -> None:
+    """Fail early, with the reason, when a learner trained for another way cannot run these episodes."""
+    trained = (meta.get("eval_spec") or {}).get("n_way")
+    why = f"{algo.id} was trained for {trained}-way episodes ({meta.get('suite')}); {suite.ref} is {n_way}-way"
+    hint = "Evaluate it on a suite with the way it was trained for, or train it for this suite."
+    try:
+        logits = predict_episodes(algo, params, episode, n_way, ex)
+    except (IndexError, RuntimeError, ValueError) as exc:
+        raise MrbenchError(f"{why}, and it fails on them: {type(exc).__name__}: {exc}", hint) from None
+    if logits.shape[-1] != n_way:
+        raise MrbenchError(f"{algo.id} predicts {logits.shape[-1]} classes, but the episodes of {suite.ref} are "
+                           f"{n_way}-way: its checkpoint fixes the number of ways.", hint)
+
+
+def _group_counts(hits: torch.Tensor, classes: torch.Tensor, y_query: torch.Tensor, class_group: torch.Tensor,
+                  n_groups: int, ids: list[int]) -> dict[int, list[list[int]]]:
+    """Per episode, ``[correct, total]`` of the queries of each class group."""
+    g = class_group[classes.gather(1, y_query)]  # [E, Q] group of each query's class
+    one_hot = torch.nn.functional.one_hot(g, n_groups)  # [E, Q, G]
+    correct = (one_hot * hits.unsqueeze(-1)).sum(1).tolist()
+    total = one_hot.sum(1).tolist()
+    return {e: [[c, t] for c, t in zip(cs, ts)] for e, cs, ts in zip(ids, correct, total)}
+
+
+def _corruption_summary(scenarios: list, done: dict, E: int) -> dict[str, Any] | None:
+    """Mean accuracy over the image-corruption scenarios (per episode, then over episodes),
+    per severity and per corruption, with the relative degradation against clean."""
+    cells = [(name, shift.id, sev) for name, shift, sev in scenarios
+             if shift is not None and getattr(shift, "category", "other") == "corruption"]
+    if not cells:
+        return None
+
+    def acc(name: str) -> list[float]:
+        return [done[(name, e)][0] / done[(name, e)][1] for e in range(E)]
+
+    clean = sum(acc("clean")) / E
+    per_episode = [sum(vals) / len(cells) for vals in zip(*(acc(name) for name, _, _ in cells))]
+    mean, ci = mean_ci95(per_episode)
+
+    def degradation(names: list[str]) -> dict[str, float]:
+        a = sum(sum(acc(n)) / E for n in names) / len(names)
+        return {"accuracy": a, "relative_degradation": (clean - a) / clean if clean else 0.0}
+
+    by_severity = {str(s): degradation([n for n, _, sv in cells if sv == s]) for s in sorted({sv for *_, sv in cells})}
+    by_shift = {sid: degradation([n for n, i, _ in cells if i == sid]) for sid in dict.fromkeys(i for _, i, _ in cells)}
+    return {"accuracy": mean, "ci95": ci, "clean": clean,
+            "relative_degradation": (clean - mean) / clean if clean else 0.0,
+            "n_scenarios": len(cells), "n_episodes": E, "by_severity": by_severity, "by_shift": by_shift}
+
+
+def _transfer(meta: dict[str, Any], suite: Suite, dataset: Any, registry: Any, on: str) -> dict[str, Any] | None:
+    """How the checkpoint's training protocol differs from the evaluated episodes, if it does."""
+    kinds: list[str] = []
+    trained_for = meta.get("eval_spec")
+    if trained_for:
+        if int(trained_for["n_way"]) != suite.spec.n_way:
+            kinds.append("way")
+        if int(trained_for["k_shot"]) != suite.spec.k_shot:
+            kinds.append("shot")
+    train_data = meta.get("train_data")
+    if train_data:
+        try:
+            trained_domain = getattr(registry.create("dataset", train_data["dataset"], train_data.get("options")),
+                                     "domain", None) or train_data["dataset"]
+        except Exception:  # a dataset plugin that is gone: compare ids
+            trained_domain = train_data["dataset"]
+        if (getattr(dataset, "domain", None) or dataset.id) != trained_domain:
+            kinds.append("domain")
+        elif (train_data["dataset"], dict(train_data.get("options") or {})) != (suite.train.dataset, dict(suite.train.options)):
+            kinds.append("classes")
+    if on == "train":
+        kinds.append("split")
+    if not kinds:
+        return None
+    spec = meta.get("train_spec")
+    return {"trained_on": meta.get("suite"), "kinds": kinds,
+            "train_spec": {k: int(spec[k]) for k in ("n_way", "k_shot", "n_query")} if spec else None,
+            "train_data": train_data}
 
 
 def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, scenario: str) -> Any:

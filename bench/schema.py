@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bench.errors import MrbenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The version :func:`bench.evaluate` writes (``bench.evaluation.SCHEMA_VERSION``)."""
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -163,8 +163,74 @@ class ExecutionInfo(_Strict):
     channels_last: bool
 
 
+class Degradation(_Strict):
+    """Accuracy under a group of shift scenarios and its drop relative to clean.
+
+    :param relative_degradation: ``(clean - accuracy) / clean`` (negative: the shift helped).
+    """
+
+    accuracy: Fraction
+    relative_degradation: Annotated[float, Field(allow_inf_nan=False)]
+
+
+class CorruptionSummary(_Strict):
+    """The mean over every image-corruption scenario of the entry (shift category ``corruption``).
+
+    :param accuracy: mean over scenarios of the mean per-episode accuracy.
+    :param ci95: 95% CI half-width over episodes of each episode's mean over the scenarios.
+    :param clean: the clean accuracy on the same episodes.
+    :param by_severity: severity -> mean over the corruptions at that severity.
+    :param by_shift: corruption id -> mean over its severities.
+    """
+
+    accuracy: Fraction
+    ci95: float
+    clean: Fraction
+    relative_degradation: Annotated[float, Field(allow_inf_nan=False)]
+    n_scenarios: Count
+    n_episodes: Count
+    by_severity: dict[str, Degradation]
+    by_shift: dict[str, Degradation]
+
+
+class Summary(_Strict):
+    corruptions: CorruptionSummary | None = None
+
+
+class GroupMetrics(_Strict):
+    accuracy: Fraction
+    n_queries: Count
+
+
+class Breakdown(_Strict):
+    """Accuracy per class group (Omniglot: the alphabet of the query's class).
+
+    :param by: what a group is (``alphabet``).
+    :param scenario: the scenario it breaks down (``clean``).
+    """
+
+    by: str
+    scenario: str
+    groups: dict[str, GroupMetrics]
+
+
+class Transfer(_Strict):
+    """The learner was meta-trained for another protocol than the suite it is evaluated on.
+
+    :param trained_on: the checkpoint's training suite (``id@vN``), if recorded.
+    :param kinds: what differs: ``way`` / ``shot`` (episode spec), ``domain`` (another
+        dataset), ``classes`` (the same dataset with another class split, e.g. Lake's
+        alphabet split), ``split`` (evaluated on meta-training classes).
+    """
+
+    trained_on: str | None
+    kinds: list[Literal["way", "shot", "domain", "classes", "split"]]
+    train_spec: Spec | None
+    train_data: TrainData | None
+
+
 class ResultEntry(_Strict):
-    """A result entry, schema version 1.
+    """A result entry, schema version 2 (version 1 lacked ``summary``, ``breakdown``, ``transfer``).
 
     :param metrics: scenario name -> measured numbers; ``clean`` is always present.
     :param sanity: attack-strength sanity checks (name -> outcome); empty for clean-only runs.
@@ -177,7 +243,7 @@ class ResultEntry(_Strict):
         corrects; the superseded entry stays (append-only) but leaves the table.
     """
 
-    schema_version: Literal[1]
+    schema_version: Literal[2]
     kind: Literal["mrbench-result"]
     created: str
     suite: SuiteRef
@@ -196,6 +262,9 @@ class ResultEntry(_Strict):
     reported: dict[str, Reported] | None = None
     footnote: Annotated[str, Field(min_length=1)] | None = None
     supersedes: Annotated[str, Field(pattern=r"^[^/\\]+\.json$")] | None = None
+    summary: Summary | None = None
+    breakdown: Breakdown | None = None
+    transfer: Transfer | None = None
 
     @field_validator("created")
     @classmethod
@@ -240,6 +309,13 @@ def migration(from_version: int) -> Callable[[Migration], Migration]:
         return step
 
     return register
+
+
+@migration(1)
+def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    # v2 added the optional summary, breakdown and transfer fields; v1 entries have none.
+    raw["schema_version"] = 2
+    return raw
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -49,6 +49,9 @@ class Suite:
     :param attacks: the ``[attacks]`` table: the suite's default attack grid
         (``attacks``, ``eps``, ``targets``), its eps ``sweep``, and the ensemble with
         the fixed episode subset it runs on (``ensemble``, ``ensemble_episodes``).
+    :param shifts: the ``[shifts]`` table: the suite's shift grid (``corruptions`` at
+        every one of ``severities``, plus ``extra`` ``id@severity`` cells); see
+        :func:`shift_grid`.
     :param path: the file it was read from.
     """
 
@@ -65,11 +68,33 @@ class Suite:
     fixed_episodes: bool = False
     train_query: int | None = None
     attacks: dict[str, Any] | None = None
+    shifts: dict[str, Any] | None = None
     path: Path | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.id}@v{self.version}"
+
+
+def shift_grid(suite: Suite) -> list[tuple[str, int]]:
+    """The ``(shift id, severity)`` cells of the suite's ``[shifts]`` table, in order.
+
+    :raises MrbenchError: the suite declares no shift grid, or the table is malformed.
+    """
+    table = suite.shifts
+    if not table:
+        raise MrbenchError(f"Suite {suite.ref} declares no shift grid.",
+                           "Name the shifts instead: --shift gaussian-noise:3 (or a bare id for every severity).")
+    try:
+        severities = [int(s) for s in table.get("severities", [1, 2, 3, 4, 5])]
+        cells = [(str(c), s) for c in table.get("corruptions", []) for s in severities]
+        for item in table.get("extra", []):
+            sid, _, sev = str(item).partition("@")
+            cells.append((sid, int(sev)))
+    except (TypeError, ValueError) as exc:
+        raise MrbenchError(f"The [shifts] table of {suite.path} is invalid: {exc}.",
+                           'Use corruptions = ["id", ...], severities = [1, ...], extra = ["id@severity", ...].') from None
+    return cells
 
 
 def suites_dirs() -> list[Path]:
@@ -102,6 +127,7 @@ def read_suite(path: Path) -> Suite:
             fixed_episodes=bool(raw["test"].get("fixed_episodes", False)),
             train_query=raw["train"].get("n_query"),
             attacks=dict(raw["attacks"]) if "attacks" in raw else None,
+            shifts=dict(raw["shifts"]) if "shifts" in raw else None,
             path=path,
         )
     except (KeyError, ValueError, TypeError, tomllib.TOMLDecodeError) as exc:
@@ -141,14 +167,24 @@ def load_data(ref: DataRef, registry: "Registry", root: str | Path | None = None
 
 
 def suite_manifest(suite: Suite, registry: "Registry", root: str | Path | None = None,
-                   n_episodes: int | None = None) -> tuple["Manifest", "ImageSplit", "Dataset"]:
+                   n_episodes: int | None = None, on: str = "test") -> tuple["Manifest", "ImageSplit", "Dataset"]:
     """The suite's fixed test manifest and the split it indexes.
 
     The regenerated manifest is checked against the hash the suite file pins, so a
     changed sampler or dataset cannot silently move a number.
+
+    :param on: ``test`` (the suite's episodes) or ``train``: episodes of the same spec,
+        count and seed drawn from the meta-training classes (the meta-train vs
+        meta-test gap); their manifest is not pinned and is no leaderboard number.
     """
     from bench.episodes import make_manifest
 
+    if on == "train":
+        dataset, split = load_data(suite.train, registry, root)
+        manifest = make_manifest(split, suite.spec, n_episodes or suite.n_episodes, suite.seed)
+        return manifest, split, dataset
+    if on != "test":
+        raise ValueError(f"on must be 'test' or 'train', not {on!r}")
     dataset, split = load_data(suite.test, registry, root)
     if suite.fixed_episodes:
         manifest = dataset.fixed_episodes(suite.test.split, root)

@@ -83,7 +83,7 @@ def test_evaluate_is_reproducible_and_writes_per_episode_results(tmp_path, tiny_
 def test_result_entry_carries_provenance(tmp_path, tiny_suite):
     res = _train(tmp_path / "p.pt", tiny_suite)
     e = evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu")
-    assert e["schema_version"] == 1
+    assert e["schema_version"] == 2
     assert e["checkpoint"]["sha256"] == res.sha256
     assert e["algorithm"]["id"] == "protonet" and e["algorithm"]["distribution"] == "mrbench-metric"
     assert e["algorithm"]["transductive"] is False

@@ -321,7 +321,7 @@ def test_schema_version_matches_what_evaluate_writes():
 
 
 def test_migration_upgrades_step_by_step(monkeypatch):
-    monkeypatch.setattr(schema, "MIGRATIONS", {})
+    monkeypatch.setattr(schema, "MIGRATIONS", {1: schema.MIGRATIONS[1]})  # keep the real v1 -> v2 step
 
     @schema.migration(0)
     def _v0_to_v1(raw: dict[str, Any]) -> dict[str, Any]:
@@ -335,15 +335,16 @@ def test_migration_upgrades_step_by_step(monkeypatch):
     v0["schema_version"] = 0
     before = copy.deepcopy(v0)
     entry = schema.validate_entry(v0, "old.json")
-    assert entry.schema_version == 1 and entry.metrics["clean"].accuracy == before["clean"]["accuracy"]
+    assert entry.schema_version == 2 and entry.metrics["clean"].accuracy == before["clean"]["accuracy"]
+    assert entry.summary is None and entry.breakdown is None and entry.transfer is None
     assert v0 == before  # migrate does not modify its input
 
     with pytest.raises(ValueError, match="already registered"):
         schema.migration(0)(_v0_to_v1)
     with pytest.raises(MrbenchError, match="schema_version: no migration from version -1"):
         schema.migrate({**v0, "schema_version": -1})
-    with pytest.raises(MrbenchError, match="old.json: schema_version: 2 is newer"):
-        schema.validate_entry({**v0, "schema_version": 2}, "old.json")
+    with pytest.raises(MrbenchError, match="old.json: schema_version: 3 is newer"):
+        schema.validate_entry({**v0, "schema_version": 3}, "old.json")
 
 
 # --- the paired test ---------------------------------------------------------------

@@ -92,6 +92,7 @@ class ProceduralGlyphs(Dataset):
     """
 
     id: ClassVar[str] = "procedural-glyphs"
+    group_kind: ClassVar[str] = "alphabet"
     # Bump on any change to the generative constants, the order of random draws or
     # the renderer: every image (and so every revision) may change.
     version: ClassVar[str] = "1"

@@ -262,6 +262,7 @@ class Omniglot(Dataset):
     """
 
     id = "omniglot"
+    group_kind = "alphabet"
     splits = ("meta-train", "meta-val", "meta-test")
 
     class Options(components.Options):
@@ -385,6 +386,8 @@ class OmniglotLakeRuns(Dataset):
 
     id = "omniglot-lake-runs"
     splits = ("meta-test",)
+    domain = "omniglot"
+    group_kind = "run"
 
     class Options(components.Options):
         """:param image_size: output side in pixels (Lanczos from 105)."""

@@ -72,6 +72,7 @@ class Corruption(Shift):
     """
 
     Options: ClassVar[type[Options]] = CorruptionOptions
+    category: ClassVar[str] = "corruption"
     levels: ClassVar[tuple[Any, ...]]
     parameter: ClassVar[str]
     stochastic: ClassVar[bool] = True

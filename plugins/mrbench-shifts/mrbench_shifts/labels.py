@@ -41,6 +41,7 @@ class LabelNoise(Shift):
     id = "label-noise"
     Options: ClassVar[type[Options]] = LabelNoiseOptions
     targets: ClassVar[tuple[str, ...]] = ("support",)
+    category: ClassVar[str] = "support"
     levels: ClassVar[tuple[float, ...]] = (0.1, 0.2, 0.3, 0.4, 0.5)
     parameter = "fraction of support labels flipped"
     stochastic: ClassVar[bool] = True
@@ -82,6 +83,7 @@ class ClassImbalance(Shift):
 
     id = "class-imbalance"
     targets: ClassVar[tuple[str, ...]] = ("support",)
+    category: ClassVar[str] = "support"
     levels: ClassVar[tuple[float, ...]] = (0.2, 0.4, 0.6, 0.8, 1.0)
     parameter = "fraction of classes reduced to one distinct shot"
     stochastic: ClassVar[bool] = True
