@@ -105,6 +105,38 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import write_report
+
+    rep = write_report(args.entries, args.out)
+    c = _console()
+    c.print(f"wrote {rep.markdown} ({', '.join(rep.sections) or 'no sections'})")
+    for p in rep.plots:
+        c.print(f"  plot: {p}")
+    return 0
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from bench.grid import read_grid, run_grid
+
+    grid = read_grid(args.grid)
+    if args.out:
+        from dataclasses import replace
+
+        grid = replace(grid, out=Path(args.out).resolve())
+    results = run_grid(grid, args.executor, address=args.address)
+    from rich.table import Table
+
+    table = Table("algorithm", "suite", "seed", "scenario", "accuracy (95% CI)", "cell")
+    for r in results:
+        table.add_row(r.algorithm, r.suite, str(r.seed), r.scenario,
+                      f"{100 * r.accuracy:.2f}% +- {100 * r.ci95:.2f}", "cached" if r.cached else "ran")
+    c = _console()
+    c.print(table)
+    c.print(f"{len(results)} cells; results under {grid.out} (table: {grid.out / 'grid.csv'})")
+    return 0
+
+
 def cmd_suites(args: argparse.Namespace) -> int:
     from bench.suites import all_suites
 
@@ -424,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="episodes the sanity checks attack (default 10)")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("report", help="generalization report: Markdown summary and PNG plots of result entries")
+    sp.add_argument("entries", nargs="+", metavar="RESULT.json")
+    sp.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and the plots")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("grid", help="run an algorithm x suite x seed x scenario grid (local or Ray)")
+    sp.add_argument("grid", metavar="GRID.toml")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="local: cells in turn in this process; ray: one task per cell (pip install 'mrbench[ray]')")
+    sp.add_argument("--address", default=None, help="a running Ray cluster (default: start a local one)")
+    sp.add_argument("--out", default=None, help="results folder (default: the grid file's `out`)")
+    sp.set_defaults(func=cmd_grid)
 
     sp = sub.add_parser("results", help="a Markdown table (scenario x entry) of result entries")
     sp.add_argument("entries", nargs="+", metavar="RESULT.json")
