@@ -237,6 +237,20 @@ FILES = {
 }
 
 
+def _check_id_free(algorithm_id: str) -> None:
+    """An algorithm id already registered here would make both plugins fail to load together."""
+    from bench.plugins import get_registry
+
+    registry = get_registry()
+    known = registry.ids("algorithm")
+    if algorithm_id in known:
+        prov = getattr(registry.get("algorithm", algorithm_id), "provenance", None)
+        raise MrbenchError(
+            f"Algorithm id {algorithm_id!r} is already registered (by {prov.distribution if prov else 'mrbench'}); "
+            "a second plugin with that id could not be installed next to it.",
+            f"Pick another NAME, e.g. `mrbench-{algorithm_id}-v2`. Registered algorithms: {', '.join(sorted(known))}.")
+
+
 def new_plugin(name: str, directory: str | Path = ".") -> Path:
     """Write a plugin distribution skeleton to ``directory/name`` and return that folder.
 
@@ -244,6 +258,7 @@ def new_plugin(name: str, directory: str | Path = ".") -> Path:
         (nothing is overwritten).
     """
     names = plugin_names(name)
+    _check_id_free(names.algorithm_id)
     target = Path(directory) / names.dist
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise MrbenchError(f"{target} already exists and is not an empty folder; mrbench new-plugin writes nothing there.",

@@ -84,6 +84,9 @@ def test_new_plugin_refuses_bad_names_and_existing_folders(tmp_path):
     for bad in ("My_Algo", "-x", "mrbench", "a--b", ""):
         with pytest.raises(MrbenchError, match="name"):
             new_plugin(bad, tmp_path)
+    with pytest.raises(MrbenchError, match=r"Algorithm id 'protonet' is already registered \(by mrbench-metric\)"):
+        new_plugin("mrbench-protonet", tmp_path)
+    assert not (tmp_path / "mrbench-protonet").exists()
     new_plugin("mrbench-a", tmp_path)
     with pytest.raises(MrbenchError, match="already exists"):
         new_plugin("mrbench-a", tmp_path)
