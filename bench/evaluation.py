@@ -94,6 +94,10 @@ def evaluate(
     :param sanity: run the attack-strength sanity checks (:func:`bench.attacks.sanity_checks`)
         on the first ``sanity_episodes`` episodes for every attacked target; a failed
         check marks the entry ``unreliable`` with the reasons in ``footnote``.
+    The entry's ``timing_s`` splits the time this call spent on its episodes into
+    gathering them, applying shifts, predicting (clean and shifted) and attacking; a
+    resumed evaluation counts only what it computed itself.
+
     :param on: ``test`` (the suite's episodes) or ``train``: the same number of episodes
         of the suite's spec drawn from the meta-training classes, to measure the
         meta-train vs meta-test gap (recorded as a ``split`` transfer; not a
@@ -185,15 +189,27 @@ def evaluate(
         _probe_way(algo, params, gather(split, manifest[:1].to(dev)), spec.n_way, ex, suite, meta)
     todo = [e for e in range(E) if any((n, e) not in done for n in names)]
     reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
+    timing = {"episodes": 0.0, "shifts": 0.0, "predict": 0.0, "attacks": 0.0}
+
+    def tick() -> float:  # a timer that waits for queued CUDA work (one sync per stage, not per op)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+
     with sigterm_as_interrupt():
         try:
             for i in range(0, len(todo), chunk_episodes):
                 ids = todo[i : i + chunk_episodes]
+                t0 = tick()
                 clean = gather(split, manifest[torch.tensor(ids)].to(dev))
+                timing["episodes"] += tick() - t0
                 results = []
                 groups: dict[int, list[list[int]]] = {}
                 for name, shift, severity in scenarios:
+                    t0 = tick()
                     episodes = clean if shift is None else _shifted(shift, severity, clean, ids, suite.seed, name)
+                    t1 = tick()
+                    timing["shifts"] += t1 - t0
                     logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
                     if logits.shape[-1] != spec.n_way:
                         raise MrbenchError(
@@ -202,12 +218,14 @@ def evaluate(
                             "Evaluate it on a suite with the way it was trained for, or train it for this suite.")
                     hits = logits.argmax(-1) == episodes.y_query
                     correct = hits.sum(-1).tolist()
+                    timing["predict"] += tick() - t1
                     total = int(episodes.y_query.shape[-1])
                     results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
                     if shift is None and class_group is not None:
                         groups = _group_counts(hits, manifest.classes[torch.tensor(ids)].to(dev), episodes.y_query,
                                                class_group, len(group_names), ids)
                 robust: dict[str, torch.Tensor] = {}
+                t0 = tick()
                 for name, sc, atk in attack_cells:
                     if all((name, e) in done for e in ids) and not any(name in m for m in ensembles.values()):
                         continue
@@ -215,6 +233,7 @@ def evaluate(
                     robust[name] = run_attack(atk, victim, clean, sc.eps, sc.target, g)
                 for ens, members in ensembles.items():
                     robust[ens] = torch.stack([robust[m] for m in members]).all(0)
+                timing["attacks"] += tick() - t0
                 total = int(clean.y_query.shape[-1])
                 for name, ok in robust.items():
                     results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
@@ -271,6 +290,7 @@ def evaluate(
         "environment": environment(dev),
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
         "wall_time_s": round(time.perf_counter() - started, 2),
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
         "peak_memory_bytes": peak_memory_bytes(dev),
         "episodes_file": None,
     }

@@ -230,7 +230,7 @@ class Transfer(_Strict):
 
 
 class ResultEntry(_Strict):
-    """A result entry, schema version 2 (version 1 lacked ``summary``, ``breakdown``, ``transfer``).
+    """A result entry, schema version 2 (version 1 lacked ``timing_s``, ``summary``, ``breakdown``, ``transfer``).
 
     :param metrics: scenario name -> measured numbers; ``clean`` is always present.
     :param sanity: attack-strength sanity checks (name -> outcome); empty for clean-only runs.
@@ -262,6 +262,7 @@ class ResultEntry(_Strict):
     reported: dict[str, Reported] | None = None
     footnote: Annotated[str, Field(min_length=1)] | None = None
     supersedes: Annotated[str, Field(pattern=r"^[^/\\]+\.json$")] | None = None
+    timing_s: dict[str, NonNegFloat] | None = None
     summary: Summary | None = None
     breakdown: Breakdown | None = None
     transfer: Transfer | None = None
@@ -313,7 +314,7 @@ def migration(from_version: int) -> Callable[[Migration], Migration]:
 
 @migration(1)
 def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
-    # v2 added the optional summary, breakdown and transfer fields; v1 entries have none.
+    # v2 added the optional timing_s, summary, breakdown and transfer fields; v1 entries have none.
     raw["schema_version"] = 2
     return raw
 

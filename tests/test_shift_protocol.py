@@ -39,6 +39,9 @@ def test_corruption_summary_is_the_mean_over_corruption_scenarios_only(tmp_path,
         (m["gaussian-noise@1"]["accuracy"] + m["gaussian-noise@5"]["accuracy"]) / 2)
     assert list(s["by_shift"]) == ["gaussian-noise", "rotation"]
     assert 0 < s["ci95"] < 1
+    t = e["timing_s"]
+    assert set(t) == {"episodes", "shifts", "predict", "attacks"} and t["shifts"] > 0 and t["predict"] > 0
+    assert t["attacks"] < t["predict"] and sum(t.values()) <= e["wall_time_s"]
 
 
 def test_no_corruption_no_summary(tmp_path, tiny_suite, protonet_ckpt):
