@@ -83,7 +83,7 @@ def test_local_and_ray_executors_agree_and_ray_survives_a_killed_worker(tmp_path
     marker = tmp_path / "killed.txt"
     remote = replace(g, out=(tmp_path / "ray-runs").resolve())
     results = run_grid(remote, "ray", on_cell_start=KillWorkerOnce(str(marker), match="anil"),
-                       ray_init={"num_cpus": 2})
+                       ray_init={"num_cpus": 2, "object_store_memory": 100 * 1024 * 1024})
     assert marker.exists() and "anil" in marker.read_text()  # a worker really died mid-grid
     assert _rows(results) == _rows(local)
     import torch
