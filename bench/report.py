@@ -230,6 +230,10 @@ def _load(e: str | Path | dict, index: int) -> _Item:
     return item
 
 
+def _n_episodes(it: _Item) -> int:
+    return int((it.entry.get("suite") or {}).get("n_episodes") or 0)
+
+
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -527,7 +531,8 @@ def _section_gap(rep: _Report, items: list[_Item]) -> None:
         same = [te for te in tests if (te.sha, te.entry["algorithm"]["id"], _options_key(te.options)) == key]
         if not same:
             continue
-        te = next((te for te in same if te.suite_ref == tr.suite_ref), same[0])
+        # The same suite first, then the entry with the most episodes (a full suite over a subset).
+        te = max(same, key=lambda te: (te.suite_ref == tr.suite_ref, _n_episodes(te)))
         pairs.append((tr, te))
     if not pairs:
         return
@@ -569,7 +574,9 @@ def _steps_series(items: list[_Item]) -> list[_Series]:
         for members in groups.values():
             by_value: dict[int, _Item] = {}
             for it in members:
-                by_value.setdefault(it.options[k], it)
+                held = by_value.get(it.options[k])
+                if held is None or _n_episodes(it) > _n_episodes(held):
+                    by_value[it.options[k]] = it
             if len(by_value) >= 2:
                 from bench.results import entry_label
 
@@ -616,7 +623,7 @@ def _section_transfer(rep: _Report, items: list[_Item]) -> None:
         trained_on = str(tr.get("trained_on") or (it.entry.get("training") or {}).get("suite") or "?")
         own = [o for o in items if o is not it and o.sha and o.sha == it.sha and not o.entry.get("transfer")
                and o.suite_ref == trained_on and o.split == "meta-test" and o.clean]
-        own.sort(key=lambda o: _options_key(o.options) != _options_key(it.options))
+        own.sort(key=lambda o: (_options_key(o.options) != _options_key(it.options), -_n_episodes(o)))
         train_spec = _spec(tr.get("train_spec"))
         test_spec = _spec(it.entry["suite"].get("spec"))
         src = trained_on + (f" ({train_spec})" if train_spec else "")
@@ -714,23 +721,28 @@ def _section_attacks(rep: _Report, items: list[_Item]) -> None:
 
 
 def _section_breakdown(rep: _Report, items: list[_Item]) -> None:
-    kinds: dict[tuple[str, str], list[_Item]] = {}
+    # One table per (grouping, scenario, split): meta-train entries cover other classes (and alphabets).
+    kinds: dict[tuple[str, str, str], list[_Item]] = {}
     for it in items:
         b = it.entry.get("breakdown")
         if isinstance(b, dict) and isinstance(b.get("groups"), dict) and b["groups"]:
-            kinds.setdefault((str(b.get("by") or "group"), str(b.get("scenario") or "clean")), []).append(it)
+            kinds.setdefault((str(b.get("by") or "group"), str(b.get("scenario") or "clean"), it.split),
+                             []).append(it)
     if not kinds:
         return
     by0 = next(iter(kinds))[0]
     rep.section("breakdown", f"Per-{by0} breakdown" if len(kinds) == 1 else "Per-group breakdown")
     plots = []
-    for (by, scenario), members in kinds.items():
+    for (by, scenario, split), members in kinds.items():
+        # The entry with the most episodes orders the rows (stable: ties keep the given order).
+        members = sorted(members, key=lambda it: -_n_episodes(it))
         groups = [b["groups"] for b in (it.entry["breakdown"] for it in members)]
         first = groups[0]
         names = sorted(first, key=lambda g: (_acc_of(first[g]), g))
         names += sorted({g for gs in groups[1:] for g in gs} - set(first))
-        rep.lines += [f"Accuracy (%) per {by} on the `{scenario}` scenario, lowest first (by the first entry); "
-                      "n = queries.", ""]
+        where = "" if split == "meta-test" else f" of {split} episodes"
+        rep.lines += [f"Accuracy (%) per {by} on the `{scenario}` scenario{where}, lowest first (by the first "
+                      "entry); n = queries.", ""]
         head = [by] + [_md(it.label) for it in members]
         rows = []
         for g in names:
@@ -744,7 +756,7 @@ def _section_breakdown(rep: _Report, items: list[_Item]) -> None:
                     cells.append(_pct(m["accuracy"]) + (f" (n={n})" if n is not None else ""))
             rows.append(cells)
         rep.table(head, rows)
-        plots.append((by, scenario, names, members, groups))
+        plots.append((by, scenario if split == "meta-test" else f"{scenario}, {split}", names, members, groups))
     rep.plot("groups.png", f"Accuracy per {by0}", _plot_groups, plots)
 
 

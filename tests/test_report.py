@@ -355,3 +355,21 @@ def test_entries_on_different_episodes_are_flagged(tmp_path: Path, base: dict) -
     md = write_report([make(base), sub], tmp_path / "b").markdown.read_text()
     assert "not all evaluated on the same episodes" in md
     assert "| 16 |" in section(md, "Summary")
+
+
+def test_a_full_suite_entry_is_preferred_over_a_subset(tmp_path: Path, base: dict) -> None:
+    # A subset entry (e.g. a shift grid on the first 100 episodes) listed first must not be the
+    # reference of the gap, the steps series or the transfer drop when the full suite is there.
+    sub = make(base, clean=0.90)
+    sub["suite"] = {**sub["suite"], "manifest_sha256": "1" * 64, "n_episodes": 100}
+    sub_path = save(tmp_path, "sub.json", sub)
+    train = save(tmp_path, "train.json", make(base, split="meta-train", clean=0.99))
+    five = save(tmp_path, "five.json", make(base, steps=5, clean=0.97))
+    moved = save(tmp_path, "moved.json", transfer_entry(base))
+    md = write_report([sub_path, BASE_ENTRY, train, five, moved], tmp_path / "out").markdown.read_text()
+    gap = next(x for x in section(md, "Meta-train vs meta-test gap").splitlines() if x.startswith("| maml"))
+    assert gap.rstrip(" |").endswith("+2.79")  # 99.00 - 96.21 (600 episodes), not 99.00 - 90.00
+    steps = [x for x in section(md, "Adaptation steps").splitlines() if x.startswith("| maml")]
+    assert steps[0].split(" | ")[4] == "96.21 ± 0.39"
+    drop = row(section(md, "Shift and transfer"), "maml [omniglot-20w1s@v1]")[4]
+    assert drop.startswith("+6.21 ")
