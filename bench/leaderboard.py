@@ -420,6 +420,15 @@ def render_csv(board: Board, rows: Iterable[Row]) -> str:
     return buf.getvalue()
 
 
+def display_name(en: ResultEntry) -> str:
+    """The algorithm id, with its adversarial meta-training where it had one (rows of one
+    algorithm differ by checkpoint; this is the difference a reader needs first)."""
+    adv = en.training.adversarial if en.training else None
+    if not adv:
+        return en.algorithm.id
+    return f"{en.algorithm.id} (adv. {adv.get('attack')} {adv.get('eps_name', adv.get('eps'))} {adv.get('target')})"
+
+
 def _md(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
@@ -485,15 +494,82 @@ def render_markdown(board: Board, rows: list[Row]) -> str:
         for r in srows:
             en, m, rep = r.entry.entry, r.entry.entry.metrics["clean"], _reported(r.entry)
             dist = " ".join(x for x in (en.algorithm.distribution, en.algorithm.distribution_version) if x) or "-"
-            cells = [r.rank, en.algorithm.id, en.algorithm.version, dist, _pct(m.accuracy),
+            cells = [r.rank, display_name(en), en.algorithm.version, dist, _pct(m.accuracy),
                      "-" if math.isnan(m.ci95) else _pct(m.ci95), str(m.n_episodes), _p(r.p_vs_above),
                      _pct(rep.accuracy) if rep else "", markers[r.entry.name], f"`{en.checkpoint.sha256[:12]}`",
                      f"[{r.entry.name}](entries/{r.entry.name})"]
             out.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    out += _robustness_markdown(board, rows, markers)
     out += ["", "## Notes", "", ranking_note()]
     if notes:
         out += [""] + [f"- {_md(n)}" for n in notes]
     return "\n".join(out) + "\n"
+
+
+MEAN_CORRUPTION = "mean corruption"
+"""The column that stands for every image-corruption scenario of an entry with a corruption summary."""
+
+
+def robust_columns(rows: list[Row]) -> list[str]:
+    """The non-clean scenario columns of the Markdown table, in a fixed order: attacks
+    (sorted by name), then :data:`MEAN_CORRUPTION` when an entry has a corruption
+    summary, then the remaining shift scenarios. An entry's individual corruption
+    scenarios fold into the mean (table.html and table.csv's entries keep every one).
+    """
+    attacks: set[str] = set()
+    shifts: set[str] = set()
+    mean = False
+    for r in rows:
+        en = r.entry.entry
+        folded = set((en.summary.corruptions.by_shift if en.summary and en.summary.corruptions else {}))
+        mean = mean or bool(folded)
+        for name in en.metrics:
+            if name == "clean":
+                continue
+            if ":" in name:  # attack scenarios are ATTACK@EPS:TARGET
+                attacks.add(name)
+            elif name.split("@")[0] not in folded:
+                shifts.add(name)
+    return sorted(attacks) + ([MEAN_CORRUPTION] if mean else []) + sorted(shifts)
+
+
+def _robust_cell(board: Board, en: ResultEntry, column: str) -> str:
+    if column == MEAN_CORRUPTION:
+        c = en.summary.corruptions if en.summary else None
+        if c is None:
+            return ""
+        n = f" ({c.n_scenarios} sc.)"
+        return f"{_pct(c.accuracy)} ± {_pct(c.ci95)}{n}"
+    m = en.metrics.get(column)
+    if m is None:
+        return ""
+    ci = "" if math.isnan(m.ci95) else f" ± {_pct(m.ci95)}"
+    part = f" ({m.n_episodes} ep.)" if m.n_episodes != board.suite.n_episodes else ""
+    return f"{_pct(m.accuracy)}{ci}{part}"
+
+
+def _robustness_markdown(board: Board, rows: list[Row], markers: dict[str, str]) -> list[str]:
+    """The "Robustness and shifts" section: one row per entry with a non-clean scenario."""
+    columns = robust_columns(rows)
+    if not columns:
+        return []
+    out = ["", "## Robustness and shifts", "",
+           "Accuracy (%) ± 95% CI under each attack (`ATTACK@EPS:TARGET`; `ensemble`: a query counts only if "
+           "every attack of the entry fails) and shift, in the rank order above; a scenario evaluated on fewer "
+           "episodes than the suite's says how many. The mean corruption is over the entry's corruption "
+           "scenarios (sc.); table.html has every scenario.", "",
+           "| Rank | Algorithm | Clean acc. (%) | " + " | ".join(f"`{c}`" if c != MEAN_CORRUPTION else c
+                                                      for c in columns) + " | Checkpoint |",
+           "|---:|---|---:|" + "---:|" * len(columns) + "---|"]
+    for r in rows:
+        en = r.entry.entry
+        if not set(en.metrics) - {"clean"}:
+            continue
+        name = display_name(en) + (f" {markers[r.entry.name]}" if markers[r.entry.name] else "")
+        cells = [r.rank, name, _pct(en.metrics["clean"].accuracy)] + [
+            _robust_cell(board, en, c) for c in columns] + [f"`{en.checkpoint.sha256[:12]}`"]
+        out.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    return out
 
 
 def render(board: Board) -> dict[str, str]:

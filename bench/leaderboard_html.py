@@ -22,7 +22,7 @@ import re
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from bench.leaderboard import SECTIONS, _notes, _p, _pct, _reported, ranking_note
+from bench.leaderboard import SECTIONS, _notes, _p, _pct, _reported, display_name, ranking_note
 
 if TYPE_CHECKING:
     from bench.leaderboard import Board, Row
@@ -175,7 +175,7 @@ def _table(board: Board, rows: list[Row], extra: list[str], markers: dict[str, s
         dist = " ".join(x for x in (en.algorithm.distribution, en.algorithm.distribution_version) if x) or "-"
         cells = [
             f'<td class="num" data-value="{i}">{_e(r.rank)}</td>',
-            f"<td>{_e(en.algorithm.id)}</td>",
+            f"<td>{_e(display_name(en))}</td>",
             f"<td>{_e(en.algorithm.version)}</td>",
             f"<td>{_e(r.section)}</td>",
             _acc_cell(m, n_suite),

@@ -210,6 +210,50 @@ def test_reported_and_unreliable_are_shown_apart_from_measured(root):
     assert "[1] protonet.json: Reported clean accuracy 98.80% (Snell et al. 2017). PGD accuracy rose with eps." in md
 
 
+def test_robust_columns_in_markdown(root):
+    base = _base_counts()
+    # no non-clean scenario anywhere: no robustness section
+    lb.build(root)
+    assert "## Robustness and shifts" not in (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+
+    def adversarial(e: dict[str, Any]) -> None:
+        e["training"]["adversarial"] = {"attack": "pgd-linf", "eps": 16 / 255, "eps_name": "16/255",
+                                        "target": "query"}
+
+    attacked = [(c // 2, t) for c, t in base]
+    write_entry(_entries(root), "protonet-adv", base, edit=adversarial,
+                scenarios={"pgd-linf@16/255:query": attacked[:200], "gaussian-noise@1": base})
+    lb.build(root)
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    robust = md[md.index("## Robustness and shifts"):md.index("## Notes")]
+    head = next(line for line in robust.splitlines() if line.startswith("| Rank"))
+    assert head == "| Rank | Algorithm | Clean acc. (%) | `pgd-linf@16/255:query` | `gaussian-noise@1` | Checkpoint |"
+    rows = [line for line in robust.splitlines() if line.startswith("| ") and not line.startswith("| Rank")]
+    assert len(rows) == 1  # only the entry with a non-clean scenario
+    cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
+    acc, ci = mean_ci95([c / t for c, t in attacked[:200]])
+    assert cells[1] == "protonet (adv. pgd-linf 16/255 query)"
+    assert cells[3] == f"{100 * acc:.2f} ± {100 * ci:.2f} (200 ep.)"  # a prefix of the episodes says so
+    # the main table names the adversarial training too; the CSV keeps the plain id
+    assert "| protonet (adv. pgd-linf 16/255 query) | 1 |" in md
+    assert {r["algorithm"] for r in _table(root)} == {"protonet"}
+
+    # with a corruption summary, the entry's corruption scenarios fold into its mean
+    def summarised(e: dict[str, Any]) -> None:
+        adversarial(e)
+        d = {"accuracy": 0.5, "relative_degradation": 0.49}
+        e["summary"] = {"corruptions": {"accuracy": 0.5, "ci95": 0.01, "clean": 0.98, "relative_degradation": 0.49,
+                                        "n_scenarios": 1, "n_episodes": 600, "by_severity": {"1": d},
+                                        "by_shift": {"gaussian-noise": d}}}
+
+    write_entry(_entries(root), "protonet-adv", base, edit=summarised,
+                scenarios={"pgd-linf@16/255:query": attacked[:200], "gaussian-noise@1": base})
+    lb.build(root)
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert "| Rank | Algorithm | Clean acc. (%) | `pgd-linf@16/255:query` | mean corruption | Checkpoint |" in md
+    assert "| 50.00 ± 1.00 (1 sc.) |" in md
+
+
 # --- check failures: every one names the file and the field ----------------------
 
 
