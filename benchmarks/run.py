@@ -28,6 +28,7 @@ ROOT = HERE.parent
 def pytest_command(args: argparse.Namespace, json_path: Path) -> list[str]:
     """The pytest invocation for ``args`` writing its results to ``json_path``."""
     cmd = [sys.executable, "-m", "pytest", str(HERE / "test_throughput.py"), str(HERE / "test_attack_throughput.py"),
+           str(HERE / "test_zoo_eval.py"),
            f"--benchmark-json={json_path}", "--benchmark-columns=median,min,max,rounds",
            "--benchmark-group-by=group", "--bench-device", args.device]
     if args.quick:

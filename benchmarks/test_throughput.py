@@ -361,7 +361,8 @@ def _algo_info(algo: Algorithm) -> dict[str, Any]:
     return info
 
 
-def ceiling_workload(case: Case, n_images: int, device: torch.device, lr: float = 1e-3) -> Workload:
+def ceiling_workload(case: Case, n_images: int, device: torch.device, lr: float = 1e-3,
+                     episodes: int = EVAL_EPISODES) -> Workload:
     """The ceiling of a group: a plain supervised pass of :class:`PeerConv4` over ``n_images``.
 
     Training: forward, cross-entropy, backward and one Adam step (with a 5-way head).
@@ -404,7 +405,7 @@ def ceiling_workload(case: Case, n_images: int, device: torch.device, lr: float 
                 model(x[a:b])
         sync(device)
 
-    return Workload(forward, "episode", EVAL_EPISODES, n_images, info)
+    return Workload(forward, "episode", episodes, n_images, info)
 
 
 def train_workload(case: Case, device: torch.device) -> Workload:
