@@ -443,6 +443,12 @@ def _notes(rows: list[Row]) -> tuple[dict[str, str], list[str]]:
         if rep is not None:
             ci = f" ± {_pct(rep.ci95)}" if rep.ci95 is not None else ""
             parts.append(f"Reported clean accuracy {_pct(rep.accuracy)}%{ci} ({rep.source}).")
+        if en.transfer is not None:
+            kinds = ", ".join(en.transfer.kinds) or "no"
+            spec = en.transfer.train_spec
+            trained = f" ({spec.n_way}-way {spec.k_shot}-shot episodes)" if spec else ""
+            parts.append(f"Meta-trained for {en.transfer.trained_on or 'another protocol'}{trained}, not for this "
+                         f"suite ({kinds} shift).")
         if en.footnote:
             parts.append(en.footnote)
         mark = "†" if en.unreliable else ""

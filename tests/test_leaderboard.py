@@ -254,6 +254,18 @@ def test_robust_columns_in_markdown(root):
     assert "| 50.00 ± 1.00 (1 sc.) |" in md
 
 
+def test_transfer_entries_say_what_they_were_trained_for(root):
+    def moved(e: dict[str, Any]) -> None:
+        e["transfer"] = {"trained_on": "omniglot-20w1s@v1", "kinds": ["way"], "train_data": None,
+                         "train_spec": {"n_way": 20, "k_shot": 1, "n_query": 15}}
+
+    _edit_json(_entries(root) / "protonet-worse.json", moved)
+    lb.build(root)
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert ("protonet-worse.json: Meta-trained for omniglot-20w1s@v1 (20-way 1-shot episodes), not for this suite "
+            "(way shift).") in md
+
+
 # --- check failures: every one names the file and the field ----------------------
 
 
