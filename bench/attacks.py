@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
-from bench.execution import Execution
+from bench.execution import Execution, channels_last_params, to_channels_last
 
 if TYPE_CHECKING:
     from bench.components import Attack
@@ -109,9 +109,11 @@ class Victim:
     def __init__(self, algorithm: Algorithm, params: Params, n_way: int, execution: Execution | None = None,
                  *, train: bool = False) -> None:
         self.algorithm = algorithm
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.n_way = int(n_way)
         self.execution = execution or Execution()
+        self.params = {k: v.detach() for k, v in params.items()}
+        if self.execution.strategy == "loop":
+            self.params = channels_last_params(self.params, self.execution)
+        self.n_way = int(n_way)
         self.train = train
 
     @property
@@ -123,9 +125,7 @@ class Victim:
         return bool(self.algorithm.transductive)
 
     def _img(self, x: Tensor) -> Tensor:
-        if self.execution.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+        return to_channels_last(x) if self.execution.channels_last else x
 
     def adapt(self, x_support: Tensor, y_support: Tensor) -> list[Any]:
         """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable)."""

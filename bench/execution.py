@@ -25,8 +25,10 @@ class Execution:
 
     :param strategy: ``loop`` (one episode at a time) or ``vmap`` (chunks of episodes).
     :param chunk: episodes per ``vmap`` call (bounds peak memory).
-    :param channels_last: use channels-last images in evaluation (1.2-1.8x on CPU
-        convolutions); not used in second-order training, where it measured slower.
+    :param channels_last: run the loop's convolutions channels-last (images and 4-D
+        parameters; see :func:`channels_last_params`). On the CPU it measured 1.4-2x in
+        evaluation and 1.2-1.5x in training, second-order MAML included
+        (benchmarks/results/cpu.md); ``vmap`` ignores it.
     """
 
     strategy: Strategy = "loop"
@@ -49,8 +51,32 @@ def plan(device: torch.device, strategy: str = "auto", chunk: int | None = None)
                      channels_last=device.type == "cpu")
 
 
+def to_channels_last(x: Tensor) -> Tensor:
+    """``x`` with channels-last strides if it is 4-D (else unchanged), differentiably.
+
+    ``Tensor.to(memory_format=...)`` restrides even a tensor whose layout is ambiguous:
+    a 1-channel image batch or a ``[64, 1, 3, 3]`` filter is already "contiguous" in both
+    formats, so ``.contiguous(memory_format=channels_last)`` returns it unchanged, the
+    convolution sees no channels-last operand and every layer after it runs
+    channels-first (measured: no gain at all on Omniglot, against 2x with the real
+    layout).
+    """
+    return x.to(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
+def channels_last_params(params: Params, ex: Execution) -> Params:
+    """``params`` with every 4-D tensor (conv filters) channels-last when ``ex`` says so.
+
+    The result stays differentiable with respect to ``params`` (training converts
+    once per backward).
+    """
+    if not ex.channels_last:
+        return params
+    return {k: to_channels_last(v) for k, v in params.items()}
+
+
 def _images(x: Tensor, ex: Execution) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if ex.channels_last and x.dim() == 4 else x
+    return to_channels_last(x) if ex.channels_last else x
 
 
 def predict_episodes(algorithm: Algorithm, params: Params, episodes: Episode, n_way: int, ex: Execution) -> Tensor:
@@ -63,6 +89,7 @@ def predict_episodes(algorithm: Algorithm, params: Params, episodes: Episode, n_
 
     with torch.no_grad():
         if ex.strategy == "loop":
+            params = channels_last_params(params, ex)
             return torch.stack([
                 one(_images(episodes.x_support[e], ex), episodes.y_support[e], _images(episodes.x_query[e], ex))
                 for e in range(E)
@@ -84,7 +111,10 @@ def meta_loss_backward(algorithm: Algorithm, params: Params, episodes: Episode, 
     total = 0.0
     if ex.strategy == "loop":
         for e in range(E):
-            loss = algorithm.loss(params, episodes[e], n_way=n_way) / E
+            ep = episodes[e]
+            if ex.channels_last:
+                ep = Episode(_images(ep.x_support, ex), ep.y_support, _images(ep.x_query, ex), ep.y_query)
+            loss = algorithm.loss(channels_last_params(params, ex), ep, n_way=n_way) / E
             loss.backward()
             total += float(loss.detach())
         return total

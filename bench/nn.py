@@ -87,18 +87,95 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
     :returns: the feature maps ``[N, hidden, h, w]`` and the statistics that were used.
     """
     pools = blocks if pools is None else pools
+    mode = _bn_mode()
     used: Stats = []
     h = x
     for i in range(blocks):
         h = F.conv2d(h, params[f"{prefix}conv{i}.weight"], params[f"{prefix}conv{i}.bias"], padding=1)
-        mean, var = batch_stats(h) if stats is None else stats[i]
+        gamma, beta = params[f"{prefix}bn{i}.weight"], params[f"{prefix}bn{i}.bias"]
+        if mode == "fused":
+            h, mean, var = _fused_bn(h, gamma, beta, None if stats is None else stats[i])
+        elif mode == "native":
+            h, mean, var = _native_bn(h, gamma, beta, None if stats is None else stats[i])
+        else:
+            mean, var = batch_stats(h) if stats is None else stats[i]
+            scale = gamma * torch.rsqrt(var + BN_EPS)
+            shift = beta - mean * scale
+            h = h * scale[None, :, None, None] + shift[None, :, None, None]
         used.append((mean, var))
-        scale = params[f"{prefix}bn{i}.weight"] * torch.rsqrt(var + BN_EPS)
-        shift = params[f"{prefix}bn{i}.bias"] - mean * scale
-        h = F.relu(h * scale[None, :, None, None] + shift[None, :, None, None])
+        # relu(maxpool(h)) == maxpool(relu(h)) exactly (relu is monotone), on 4x fewer elements.
         if i < pools:
             h = F.max_pool2d(h, 2)
+        h = F.relu(h)
     return h, used
+
+
+def _vmap_active() -> bool:
+    """Whether a ``torch.func.vmap`` level is active anywhere in the transform stack
+    (also inside ``grad``); ``True`` when that cannot be told (the safe answer)."""
+    if not torch._C._are_functorch_transforms_active():
+        return False
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    except ImportError:  # pragma: no cover - internal API moved
+        return True
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
+def _bn_mode() -> str:
+    """How :func:`conv_blocks` normalises, chosen per call from what is being differentiated.
+
+    - ``fused``: nothing is differentiated (no autograd, no transform): one native
+      kernel, non-differentiable statistics.
+    - ``native``: autograd or ``torch.func.grad``, but no ``vmap``: native batch-norm
+      kernels (their fused backward and double backward), statistics from a separate
+      differentiable two-pass reduction.
+    - ``hand``: under ``vmap``, where native batch norm gives wrong second-order
+      gradients (PERF-NOTES): the hand-written form, exact under every transform.
+
+    All three agree to rounding, values and gradients (tested in float64); on the CPU the
+    native kernels are about 2x faster than the elementwise chain of the hand-written form.
+    """
+    if not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        return "fused"
+    return "hand" if _vmap_active() else "native"
+
+
+def _native_bn(h: Tensor, gamma: Tensor, beta: Tensor, stats: tuple[Tensor, Tensor] | None
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable batch norm on native kernels (not under ``vmap``); ``(out, mean, var)``.
+
+    With the batch's own statistics: training-mode ``batch_norm`` for the output, and
+    :func:`batch_stats` for the returned statistics (differentiable; costs no backward pass
+    unless the caller uses them, e.g. to normalise queries). With given statistics: the
+    affine map ``h * scale + shift`` they define, run as an inference-mode
+    ``batch_norm`` with zero mean, unit variance and ``eps=0`` (exact), whose weight
+    and bias carry the gradient back to the statistics.
+    """
+    if stats is None:
+        mean, var = batch_stats(h)  # two passes: 3x faster than var_mean's Welford on the CPU
+        return F.batch_norm(h, None, None, gamma, beta, True, 0.0, BN_EPS), mean, var
+    mean, var = stats
+    scale = gamma * torch.rsqrt(var + BN_EPS)
+    shift = beta - mean * scale
+    c = h.shape[1]
+    out = F.batch_norm(h, h.new_zeros(c), h.new_ones(c), scale, shift, False, 0.0, 0.0)
+    return out, mean, var
+
+
+def _fused_bn(h: Tensor, gamma: Tensor, beta: Tensor, stats: tuple[Tensor, Tensor] | None
+              ) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch norm in one native kernel (inference only); returns ``(out, mean, var)``.
+
+    About 2x faster than the hand-written form on the CPU (one pass instead of four, and
+    it keeps channels-last). Agrees with it to rounding (tested in float64).
+    """
+    if stats is None:
+        out, mean, invstd = torch.native_batch_norm(h, gamma, beta, None, None, True, 0.0, BN_EPS)
+        return out, mean, invstd.pow(-2) - BN_EPS
+    mean, var = stats
+    return F.batch_norm(h, mean, var, gamma, beta, False, 0.0, BN_EPS), mean, var
 
 
 def conv4(params: Params, x: Tensor, stats: Stats | None = None, prefix: str = "backbone.") -> tuple[Tensor, Stats]:

@@ -116,22 +116,26 @@ def check_input_gradients(algo: Algorithm) -> None:
 
 
 def check_meta_gradient_batched_equals_loop(algo: Algorithm) -> None:
-    """The harness's batched (vmap) training path gives the per-episode loop's meta-gradient
-    (second order included), in float64. Guards e.g. native BatchNorm under vmap."""
+    """The harness's batched (vmap) training path and its channels-last loop give the
+    per-episode loop's meta-gradient (second order included), in float64. Guards e.g.
+    native BatchNorm under vmap (the loop runs native batch-norm kernels, vmap the
+    hand-written form; see :func:`bench.nn.conv_blocks`)."""
     eps = random_episodes(dtype=torch.float64)
     grads = []
-    for strategy in ("loop", "vmap"):
+    for ex in (Execution("loop"), Execution("vmap", chunk=2), Execution("loop", channels_last=True)):
         params = {k: v.requires_grad_(True) for k, v in init_params(algo, dtype=torch.float64).items()}
-        meta_loss_backward(algo, params, eps, SPEC.n_way, Execution(strategy=strategy, chunk=2))
+        meta_loss_backward(algo, params, eps, SPEC.n_way, ex)
         grads.append({k: (torch.zeros_like(v) if v.grad is None else v.grad) for k, v in params.items()})
     assert any(g.abs().sum() > 0 for g in grads[0].values()), "the training loss has no gradient"
-    for k in grads[0]:
-        # Tolerance relative to the tensor's largest entry: float64 reduction order differs
-        # between CPUs (measured ~2e-9 of the largest entry for Reptile's many inner steps on
-        # an AMD EPYC), while the BatchNorm-under-vmap bug this guards against is a ~2% error.
-        scale = float(grads[0][k].abs().max())
-        torch.testing.assert_close(grads[1][k], grads[0][k], rtol=1e-7, atol=1e-10 + 1e-7 * scale,
-                                   msg=f"meta-gradient differs for {k}")
+    names = ("vmap", "loop+channels_last")
+    for name, other in zip(names, grads[1:]):
+        for k in grads[0]:
+            # Tolerance relative to the tensor's largest entry: float64 reduction order differs
+            # between CPUs (measured ~2e-9 of the largest entry for Reptile's many inner steps on
+            # an AMD EPYC), while the BatchNorm-under-vmap bug this guards against is a ~2% error.
+            scale = float(grads[0][k].abs().max())
+            torch.testing.assert_close(other[k], grads[0][k], rtol=1e-7, atol=1e-10 + 1e-7 * scale,
+                                       msg=f"{name}: meta-gradient differs from the loop's for {k}")
 
 
 def check_query_independence(algo: Algorithm) -> None:

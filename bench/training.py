@@ -195,8 +195,6 @@ def train(
     reporter = reporter or NullReporter()
     dev = pick_device(device)
     ex = execution or plan(dev)
-    # Training does not use channels_last: it measured slower for second-order steps.
-    ex = Execution(ex.strategy, ex.chunk, channels_last=False)
     out = Path(out)
 
     d = algo.train_defaults(suite.spec)
@@ -355,7 +353,7 @@ def train(
         "episodes_seen": steps * cfg.meta_batch,
         "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
         "wall_time_s": round(wall, 2),
-        "execution": {"strategy": ex.strategy, "chunk": ex.chunk},
+        "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
         "environment": environment(dev),
         "adversarial": cfg.adversarial,
         "init_from": init_ref,

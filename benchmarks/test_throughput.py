@@ -269,9 +269,8 @@ def execution_name(ex: Execution, n_episodes: int) -> str:
 
 
 def train_plan(device: torch.device) -> str:
-    """What ``bench.training.train`` runs on ``device``: its plan without channels-last."""
-    p = plan(device)
-    return execution_name(Execution(p.strategy, p.chunk, channels_last=False), META_BATCH)
+    """What ``bench.training.train`` runs on ``device`` (the device's plan)."""
+    return execution_name(plan(device), META_BATCH)
 
 
 def eval_plan(device: torch.device) -> str:
@@ -282,8 +281,9 @@ def eval_plan(device: torch.device) -> str:
 def variants(kind: str, role: str, device: torch.device) -> list[str]:
     """The variants timed for one (kind, role) on ``device``, the same for every algorithm."""
     if role == "mrbench" and kind == "train":
-        # The harness's choice; on CUDA (vmap) also the loop. On the CPU vmap is
-        # 1.5x slower with ~5x the memory (PERF-NOTES), so it is not timed there.
+        # The harness's choice, and the plain loop next to it (on the CPU: the loop without
+        # channels-last). On the CPU vmap is 1.5x slower with ~5x the memory (PERF-NOTES),
+        # so it is not timed there.
         default = train_plan(device)
         return [default] + (["loop"] if default != "loop" else [])
     if role == "mrbench":

@@ -73,3 +73,107 @@ def test_cosine_is_safe_at_zero():
     torch.testing.assert_close(sim.detach(), torch.tensor([[0.0], [0.6]]))
     (g,) = torch.autograd.grad(sim.sum(), a)
     assert torch.isfinite(g).all()
+
+
+
+def _bn_params(seed: int, channels_last: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    params = {k: v.double() for k, v in init_conv4(g).items()}
+    # non-trivial BatchNorm affine parameters
+    params = {k: v + 0.1 * torch.randn(v.shape, generator=g, dtype=v.dtype) if "bn" in k else v
+              for k, v in params.items()}
+    x = torch.rand(12, 1, 28, 28, generator=g, dtype=torch.float64)
+    xq = torch.rand(7, 1, 28, 28, generator=g, dtype=torch.float64)
+    if channels_last:
+        x, xq = x.to(memory_format=torch.channels_last), xq.to(memory_format=torch.channels_last)
+        params = {k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in params.items()}
+    return params, x, xq
+
+
+def _support_then_query(params, x, xq, pools=4):
+    z, stats = conv_blocks(params, x, pools=pools)
+    zq, _ = conv_blocks(params, xq, stats, pools=pools)
+    return z, zq, stats
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("pools", [4, 2])
+def test_fused_inference_batch_norm_matches_the_hand_written_one(monkeypatch, channels_last, pools):
+    """Without autograd the backbone runs native batch norm (one kernel); it must give the
+    same features and statistics as the hand-written form, both with the batch's own
+    statistics and with given (support) statistics."""
+    import bench.nn as nn_mod
+
+    params, x, xq = _bn_params(3, channels_last)
+    with torch.no_grad():
+        assert nn_mod._bn_mode() == "fused"
+        out, out_q, stats = _support_then_query(params, x, xq, pools)
+        monkeypatch.setattr(nn_mod, "_bn_mode", lambda: "hand")
+        ref, ref_q, ref_stats = _support_then_query(params, x, xq, pools)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out_q, ref_q, rtol=1e-9, atol=1e-9)
+    for (m, v), (rm, rv) in zip(stats, ref_stats):
+        torch.testing.assert_close(m, rm, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(v, rv, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("query_stats", ["support", "own"])
+def test_native_batch_norm_gives_the_hand_written_second_order_gradients(monkeypatch, query_stats):
+    """Under autograd and ``torch.func.grad`` (no vmap) the backbone runs native batch-norm
+    kernels; a MAML-style second-order meta-gradient through an inner SGD step, and the
+    input gradients attacks use, must equal the hand-written form's (float64)."""
+    import bench.nn as nn_mod
+
+    def meta_grads():
+        params, x, xq = _bn_params(5)
+        params = {k: v.requires_grad_(True) for k, v in params.items()}
+        x, xq = x.requires_grad_(True), xq.requires_grad_(True)
+        y = torch.arange(12) % 3
+        head = torch.randn(64, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+        def inner_loss(fast):
+            z, _ = conv4(fast, x)
+            return torch.nn.functional.cross_entropy(z @ head, y)
+
+        fast = sgd_steps(inner_loss, params, 2, 0.3)
+        z, stats = conv4(fast, x)
+        zq, _ = conv4(fast, xq, stats if query_stats == "support" else None)
+        loss = (zq @ head).logsumexp(-1).mean() + z.square().mean()
+        return torch.autograd.grad(loss, [*params.values(), x, xq])
+
+    assert nn_mod._bn_mode() == "native"
+    native = meta_grads()
+    monkeypatch.setattr(nn_mod, "_bn_mode", lambda: "hand")
+    hand = meta_grads()
+    scale = max(float(g.abs().max()) for g in hand)
+    for a, b in zip(native, hand):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * scale)
+
+
+def test_batch_norm_mode_follows_the_transforms():
+    """fused without autograd, native under autograd and grad, hand-written under vmap
+    (also vmap inside grad and grad inside vmap), so vmapped and looped predictions agree."""
+    import bench.nn as nn_mod
+
+    seen = []
+
+    def probe(x):
+        seen.append(nn_mod._bn_mode())
+        return x.sum()
+
+    x = torch.rand(3, 4)
+    with torch.no_grad():
+        probe(x)
+        torch.func.vmap(probe)(x)
+    probe(x)
+    torch.func.grad(probe)(x)
+    torch.func.vmap(torch.func.grad(probe))(x)
+    torch.func.grad(lambda v: torch.func.vmap(probe)(v).sum())(x)
+    assert seen == ["fused", "hand", "native", "native", "hand", "hand"]
+
+    params = init_conv4(torch.Generator().manual_seed(4))
+    xe = torch.rand(3, 5, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        looped = torch.stack([conv4(params, e)[0] for e in xe])
+        batched = torch.func.vmap(lambda e: conv4(params, e)[0])(xe)
+    torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
