@@ -110,10 +110,16 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
     return h, used
 
 
+def _transforms_active() -> bool:
+    """Whether any ``torch.func`` transform is active; ``True`` when torch cannot say."""
+    probe = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return True if probe is None else bool(probe())
+
+
 def _vmap_active() -> bool:
     """Whether a ``torch.func.vmap`` level is active anywhere in the transform stack
     (also inside ``grad``); ``True`` when that cannot be told (the safe answer)."""
-    if not torch._C._are_functorch_transforms_active():
+    if not _transforms_active():
         return False
     try:
         from torch._C._functorch import TransformType
@@ -137,7 +143,7 @@ def _bn_mode() -> str:
     All three agree to rounding, values and gradients (tested in float64); on the CPU the
     native kernels are about 2x faster than the elementwise chain of the hand-written form.
     """
-    if not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+    if not torch.is_grad_enabled() and not _transforms_active():
         return "fused"
     return "hand" if _vmap_active() else "native"
 
