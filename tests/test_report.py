@@ -14,7 +14,8 @@ from bench.report import parse_scenario, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_ENTRY = ROOT / "leaderboards" / "omniglot-5w1s" / "v1" / "entries" / "maml-omniglot-5w1s.json"
-P16 = ROOT / "runs" / "t" / "p16.json"
+# a committed, real attack entry (600 episodes, FGSM + PGD-20 on query, support and both)
+ATTACK_ENTRY = ROOT / "leaderboards" / "omniglot-5w1s" / "v1" / "entries" / "protonet-natural-attacks.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SHA = "448dafc725f601055f9f0ba89eafc7d7460c64b34b79de9c2cf61817c4ad75e6"
 OTHER_SHA = "0" * 64
@@ -333,9 +334,8 @@ def test_parse_scenario() -> None:
     assert parse_scenario("weird").kind == "other"
 
 
-@pytest.mark.skipif(not P16.exists(), reason="runs/t/p16.json is not in this checkout")
 def test_real_attack_entry(tmp_path: Path) -> None:
-    s = write_report([P16], tmp_path / "out")
+    s = write_report([ATTACK_ENTRY], tmp_path / "out")
     assert "attacks" in s.sections
     md = s.markdown.read_text()
     att = section(md, "Attacks")
@@ -343,7 +343,7 @@ def test_real_attack_entry(tmp_path: Path) -> None:
     assert list(parts) == ["query", "support", "both"]
     for part in parts.values():
         assert "`pgd-linf`" in part and "`fgsm`" in part and "`ensemble`" in part
-    entry = json.loads(P16.read_text())
+    entry = json.loads(ATTACK_ENTRY.read_text())
     assert f"{100 * entry['metrics']['pgd-linf@16/255:query']['accuracy']:.2f}" in att
 
 
