@@ -29,6 +29,32 @@ def test_logits_are_log_of_attention_weighted_labels():
     torch.testing.assert_close(logits.exp().sum(-1), torch.ones(len(logits), dtype=logits.dtype))
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_scale_is_the_attention_softmax_temperature(scale):
+    algo = MatchingNet(scale=scale)
+    params = init_params(algo, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+    zs, stats = conv4(params, ep.x_support)
+    zq, _ = conv4(params, ep.x_query, stats)
+    attention = torch.softmax(scale * F.normalize(zq, dim=-1) @ F.normalize(zs, dim=-1).t(), dim=-1)
+    expected = attention @ F.one_hot(ep.y_support, SPEC.n_way).to(attention.dtype)
+    torch.testing.assert_close(_logits(algo, params, ep).exp(), expected)
+
+
+def test_scale_1_has_the_papers_loss_floor():
+    # Non-negative (post-ReLU) embeddings: cosines in [0, 1], so even a perfect 5-way 1-shot
+    # embedding (own class 1, others 0) cannot push the loss below -log(e / (e + 4)).
+    algo = MatchingNet()
+    assert all(v >= 0 for v in conv4(init_params(algo), random_episodes()[0].x_support)[0].flatten().tolist())
+    floor = -torch.log(torch.tensor(torch.e / (torch.e + 4)))
+    assert 0.90 < float(floor) < 0.91
+
+
+def test_scale_must_be_positive():
+    with pytest.raises(ValueError, match="scale"):
+        MatchingNet(scale=0)
+
+
 def test_one_shot_prediction_is_the_most_similar_support_image():
     spec = EpisodeSpec(n_way=4, k_shot=1, n_query=3)
     algo = MatchingNet()
