@@ -287,31 +287,69 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
     """Batched PGD on the cross-entropy of the queries, through adaptation.
 
     The perturbed parts (support, queries or both, see :data:`TARGETS`) of every
-    episode in the batch are optimised jointly in one autograd graph per chunk. Each
-    episode keeps its worst iterate over all steps and restarts (fewest correct
-    queries, then highest loss): for query-only attacks per query, for support and
-    joint attacks per episode, since the support perturbation acts on every query.
+    episode are optimised on the summed query loss. Each episode keeps its worst
+    iterate over all steps and restarts (fewest correct queries, then highest loss):
+    for query-only attacks per query, for support and joint attacks per episode, since
+    the support perturbation acts on every query.
+
+    Every random draw (support masks, random starts of every restart) is made up front
+    for the whole batch, so the result does not depend on ``chunk``: episodes do not
+    interact (each one's gradient is that of its own loss), and ``chunk`` only sets how
+    many episodes share one autograd graph.
 
     :param step_size: absolute step (``alpha``); Linf steps by its sign, L2 by the
         normalised gradient.
     :param poison_fraction: fraction of the support images that may change
         (``support`` / ``both`` targets).
-    :param chunk: episodes per autograd graph (bounds memory); default all.
+    :param chunk: episodes per autograd graph. Default: one under the ``loop``
+        execution (the CPU plan: the episodes run one by one anyway, and one graph over
+        many of them only adds memory traffic), every episode under ``vmap``.
     """
     if target not in TARGETS:
         raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
-    E = episodes.x_support.shape[0]
-    chunk = chunk or E
-    if E > chunk:
-        parts = [pgd(victim, episodes[i : i + chunk], eps=eps, norm=norm, target=target, steps=steps,
-                     step_size=step_size, random_start=random_start, restarts=restarts, generator=generator,
-                     poison_fraction=poison_fraction, chunk=chunk) for i in range(0, E, chunk)]
-        return Episode(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
-
-    xs, ys, xq, yq = episodes.tensors()
+    xs, xq = episodes.x_support, episodes.x_query
+    E = xs.shape[0]
     dev, dtype = xs.device, xs.dtype
     do_s, do_q = target in ("support", "both"), target in ("query", "both")
     mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
+    starts: list[tuple[Tensor | None, Tensor | None]] = []
+    for _ in range(max(1, restarts)):
+        ds = dq = None
+        if do_s:
+            ds = random_in_ball(xs.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xs)
+            ds = _box(xs, ds, mask, eps, norm)
+        if do_q:
+            dq = random_in_ball(xq.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xq)
+            dq = _box(xq, dq, None, eps, norm)
+        starts.append((ds, dq))
+    if chunk is None:
+        chunk = 1 if victim.execution.strategy == "loop" else E
+    chunk = max(1, chunk)
+
+    def sl(t: Tensor | None, i: int) -> Tensor | None:
+        return None if t is None else t[i : i + chunk]
+
+    parts = [_pgd_chunk(victim, episodes[i : i + chunk], [(sl(ds, i), sl(dq, i)) for ds, dq in starts],
+                        sl(mask, i), eps=eps, norm=norm, target=target, steps=steps, step_size=step_size)
+             for i in range(0, E, chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return Episode(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
+
+
+def _box(x: Tensor, d: Tensor, m: Tensor | None, eps: float, norm: str) -> Tensor:
+    """Project ``d`` onto the eps ball and so that ``x + d`` stays in [0, 1]; apply the mask."""
+    d = project(d, eps, norm)
+    d = (x + d).clamp(0.0, 1.0) - x
+    return d * m if m is not None else d
+
+
+def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor | None, Tensor | None]],
+               mask: Tensor | None, *, eps: float, norm: str, target: str, steps: int, step_size: float) -> Episode:
+    """PGD from the given starts (one per restart) on one autograd graph over ``episodes``."""
+    xs, ys, xq, yq = episodes.tensors()
+    dev, dtype = xs.device, xs.dtype
+    do_s, do_q = target in ("support", "both"), target in ("query", "both")
     per_query = target == "query"
 
     best_s, best_q = xs.clone(), xq.clone()
@@ -338,19 +376,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
             if dq is not None:
                 best_q.copy_(torch.where(sel, xq + dq, best_q))
 
-    def box(x: Tensor, d: Tensor, m: Tensor | None) -> Tensor:
-        d = project(d, eps, norm)
-        d = (x + d).clamp(0.0, 1.0) - x
-        return d * m if m is not None else d
-
-    for _ in range(max(1, restarts)):
-        ds = dq = None
-        if do_s:
-            ds = random_in_ball(xs.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xs)
-            ds = box(xs, ds, mask)
-        if do_q:
-            dq = random_in_ball(xq.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xq)
-            dq = box(xq, dq, None)
+    for ds, dq in starts:
         for _t in range(steps):
             leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None]
             with torch.enable_grad():
@@ -361,9 +387,9 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
             gi = iter(grads)
             with torch.no_grad():
                 if ds is not None:
-                    ds = box(xs, _step(ds.detach(), next(gi), step_size, norm), mask)
+                    ds = _box(xs, _step(ds.detach(), next(gi), step_size, norm), mask, eps, norm)
                 if dq is not None:
-                    dq = box(xq, _step(dq.detach(), next(gi), step_size, norm), None)
+                    dq = _box(xq, _step(dq.detach(), next(gi), step_size, norm), None, eps, norm)
         with torch.no_grad():
             logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
             keep(ds, dq, logits)

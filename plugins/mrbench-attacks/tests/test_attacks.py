@@ -172,6 +172,28 @@ def test_poison_fraction_changes_only_that_many_support_images(registry):
     assert changed.tolist() == [1, 1]
 
 
+@pytest.mark.parametrize("target,restarts,fraction,norm", [("support", 1, 1.0, "linf"), ("both", 2, 1.0, "linf"),
+                                                         ("support", 2, 0.5, "l2"), ("query", 1, 1.0, "linf")])
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_own_pgd_does_not_depend_on_how_episodes_share_a_graph(registry, target, restarts, fraction, norm, strategy):
+    # Random draws are made for the whole call, and episodes do not interact, so one graph
+    # per episode (the CPU default), a few, or all of them give the same adversarial episodes.
+    from bench.attacks import pgd
+
+    algo = registry.create("algorithm", "protonet")
+    ep = _easy_episodes(n_episodes=3, n_query=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 2), torch.Generator().manual_seed(0)), 5, Execution(strategy))
+    eps = 16 / 255 if norm == "linf" else 1.0
+    kw = dict(eps=eps, norm=norm, target=target, steps=3, step_size=eps / 4, random_start=True, restarts=restarts,
+              poison_fraction=fraction)
+    runs = [pgd(victim, ep, generator=torch.Generator().manual_seed(7), chunk=c, **kw) for c in (None, 1, 2, 3)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0].tensors(), other.tensors()):
+            torch.testing.assert_close(a, b, atol=1e-6 if strategy == "vmap" else 0, rtol=0)
+    assert not torch.equal(runs[0].x_support if target != "query" else runs[0].x_query,
+                           ep.x_support if target != "query" else ep.x_query)
+
+
 ALL_CASES = [
     ("fgsm", "query", {}), ("fgsm", "support", {}), ("fgsm", "both", {}),
     ("pgd-linf", "query", {"steps": 2}), ("pgd-linf", "support", {"steps": 2}), ("pgd-linf", "both", {"steps": 2}),
