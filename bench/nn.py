@@ -14,7 +14,7 @@ support set's, which makes query predictions independent of each other).
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -237,7 +237,8 @@ def class_means(z: Tensor, y: Tensor, n_way: int) -> Tensor:
 
 
 def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order: bool = False, *,
-              betas: tuple[float, float] | None = None, eps: float = 1e-8, indexed: bool = False) -> Params:
+              betas: tuple[float, float] | None = None, eps: float = 1e-8, indexed: bool = False,
+              adam_state: AdamState | None = None, return_state: bool = False):
     """The one inner loop: ``steps`` gradient steps on ``loss_fn(fast)``.
 
     Uses ``torch.func.grad``, so it is ``vmap``-safe, works under ``torch.no_grad``
@@ -250,16 +251,25 @@ def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order
     :param first_order: cut the graph through the inner gradients (FOMAML); the
         adapted tensors still depend on the inputs through ``fast - lr * g``.
     :param betas: ``(beta1, beta2)`` turns the plain steps into Adam steps (Reptile's
-        inner optimiser), with bias correction and moments starting at zero in every
-        call; ``None`` (default) is plain SGD.
+        inner optimiser), with bias correction; ``None`` (default) is plain SGD.
     :param eps: Adam's denominator epsilon.
     :param indexed: call ``loss_fn(fast, i)`` with the step index ``i`` (0-based), e.g.
         to draw a different inner mini-batch at every step.
+    :param adam_state: Adam's moments and step count to start from (an
+        :class:`AdamState`, e.g. carried over from earlier episodes, as Reptile's
+        reference code does); ``None``: moments start at zero in this call.
+    :param return_state: return ``(fast, AdamState)`` (Adam only).
     """
     grad_fn = torch.func.grad(loss_fn)
     if betas is not None:
-        m = {k: torch.zeros_like(v) for k, v in fast.items()}
-        v2 = {k: torch.zeros_like(v) for k, v in fast.items()}
+        if adam_state is None:
+            m = {k: torch.zeros_like(v) for k, v in fast.items()}
+            v2 = {k: torch.zeros_like(v) for k, v in fast.items()}
+            t0: float | Tensor = 0.0
+        else:
+            m, v2, t0 = dict(adam_state.m), dict(adam_state.v), adam_state.t
+    elif adam_state is not None or return_state:
+        raise ValueError("adam_state and return_state need betas (Adam steps).")
     for i in range(steps):
         grads = grad_fn(fast, i) if indexed else grad_fn(fast)
         if first_order:
@@ -268,7 +278,7 @@ def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order
             b1, b2 = betas
             m = {k: b1 * m[k] + (1.0 - b1) * g for k, g in grads.items()}
             v2 = {k: b2 * v2[k] + (1.0 - b2) * g * g for k, g in grads.items()}
-            c1, c2 = 1.0 - b1 ** (i + 1), 1.0 - b2 ** (i + 1)
+            c1, c2 = 1.0 - b1 ** (t0 + i + 1), 1.0 - b2 ** (t0 + i + 1)
             # clamp_min keeps sqrt's derivative finite where a gradient is exactly zero
             # (e.g. a conv bias under batch-statistics BatchNorm), which would otherwise
             # give 0 * inf = NaN when differentiating through the steps.
@@ -278,7 +288,17 @@ def sgd_steps(loss_fn, fast: Params, steps: int, lr: float | Params, first_order
             fast = {k: v - lr[k] * grads[k] for k, v in fast.items()}
         else:
             fast = {k: v - lr * grads[k] for k, v in fast.items()}
+    if return_state:
+        return fast, AdamState(m, v2, t0 + steps)
     return fast
+
+
+class AdamState(NamedTuple):
+    """Adam's first and second moments per tensor and its step count (for bias correction)."""
+
+    m: Params
+    v: Params
+    t: float | Tensor
 
 
 class Conv4Options(Options):

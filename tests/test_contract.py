@@ -62,3 +62,28 @@ def test_fomaml_differs_from_maml_only_in_training():
         algo.loss(p, ep, n_way=SPEC.n_way).backward()
         grads.append(p["backbone.conv0.weight"].grad)
     assert not torch.allclose(grads[0], grads[1])
+
+
+def test_fomaml_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
+    # First-order MAML's meta-gradient is grad_phi L_query(phi) at phi = theta - lr * grad L_support(theta).
+    import torch
+    import torch.nn.functional as F
+
+    from bench.nn import conv4
+    from bench.testing import SPEC, init_params, random_episodes
+
+    fomaml = REGISTRY.create("algorithm", "fomaml")
+    params = init_params(fomaml, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+    p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    fomaml.loss(p, ep, n_way=SPEC.n_way).backward()
+    g_support = torch.func.grad(lambda q: F.cross_entropy(fomaml._logits(q, ep.x_support), ep.y_support))(params)
+    phi = {k: v - fomaml.options.inner_lr * g_support[k] for k, v in params.items()}
+
+    def query_loss(q):  # queries normalised with the adapted network's support statistics, as in adapt
+        return F.cross_entropy(fomaml.predict(q, {"params": q, "stats": conv4(q, ep.x_support)[1]}, ep.x_query),
+                               ep.y_query)
+
+    expected = torch.func.grad(query_loss)(phi)
+    for k in params:
+        torch.testing.assert_close(p[k].grad, expected[k], rtol=1e-9, atol=1e-12)

@@ -177,3 +177,28 @@ def test_batch_norm_mode_follows_the_transforms():
         looped = torch.stack([conv4(params, e)[0] for e in xe])
         batched = torch.func.vmap(lambda e: conv4(params, e)[0])(xe)
     torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
+
+
+def test_adam_state_carried_between_calls_continues_one_adam_run():
+    # 3 steps, then 4 more from the returned state == 7 steps of one torch Adam.
+    target = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    loss_fn = _quadratic(target)
+    first, state = sgd_steps(loss_fn, {"w": torch.zeros(5, dtype=torch.float64)}, 3, 0.05, betas=(0.9, 0.999),
+                             return_state=True)
+    w = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05, betas=(0.9, 0.999), eps=1e-8)
+    for step in range(7):
+        if step == 3:
+            assert state.t == 3
+            torch.testing.assert_close(state.m["w"], opt.state[w]["exp_avg"], rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(state.v["w"], opt.state[w]["exp_avg_sq"], rtol=1e-12, atol=1e-12)
+        opt.zero_grad()
+        loss_fn({"w": w}).backward()
+        opt.step()
+    out = sgd_steps(loss_fn, first, 4, 0.05, betas=(0.9, 0.999), adam_state=state)
+    torch.testing.assert_close(out["w"], w.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_adam_state_needs_adam():
+    with pytest.raises(ValueError, match="betas"):
+        sgd_steps(_quadratic(torch.zeros(5)), {"w": torch.zeros(5)}, 1, 0.1, return_state=True)

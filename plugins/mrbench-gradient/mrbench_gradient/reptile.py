@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from bench.components import EpisodeSpec, TrainDefaults
+from bench.components import EpisodeSpec, Params, TrainDefaults
 from bench.episodes import sample_batch
-from bench.nn import sgd_steps
+from bench.errors import MrbenchError
+from bench.nn import AdamState, conv4, sgd_steps
 from mrbench_gradient.maml import MAML
 
 if TYPE_CHECKING:
     from bench.training import TrainContext
+
+_STATE = "inner_adam."  # key prefix of the carried inner-Adam state in the parameters
 
 
 class Reptile(MAML):
@@ -36,10 +40,15 @@ class Reptile(MAML):
     images per class, meta-batch 5, outer step size 1.0 annealed to 0 over 100000
     outer iterations; evaluation: 50 inner iterations.
 
-    Deviations, all forced by the pure ``adapt`` contract: the inner Adam's moments
-    start at zero in every episode (the reference keeps them across training
-    episodes); evaluation adapts on the whole support set at every step (the
-    reference uses mini-batches of 5, which for 5-way 1-shot is the whole support).
+    The inner Adam's state: with ``inner_adam_state='reset'`` (default) its moments
+    start at zero in every episode. The reference code keeps one Adam state running
+    through all training episodes and starts every evaluation episode from its
+    end-of-training value; ``inner_adam_state='carry'`` does that, keeping the state
+    in the parameters (``inner_adam.*``, excluded from adaptation and gradients) so
+    ``adapt`` stays pure. The episodes of a meta-batch run in parallel from the same
+    state, and the state then advances as if they had run in sequence.
+    Evaluation adapts on the whole support set at every step (the reference uses
+    mini-batches of 5, which for 5-way 1-shot is the whole support).
 
     BatchNorm: batch statistics of each inner mini-batch in training and of the
     support set in adaptation, never running statistics. With ``bn='support'``
@@ -67,9 +76,53 @@ class Reptile(MAML):
         """Images per class in a training episode (support + query)."""
         outer_step_final: float = 0.0
         """Outer step size at the end of training (linear annealing from ``lr``)."""
+        inner_adam_state: Literal["reset", "carry"] = "reset"
+        """``reset``: the inner Adam's moments start at zero in every episode, so with
+        beta1 = 0 its first step is ``-inner_lr * sign(grad)`` for every weight.
+        ``carry``: as the reference code, one Adam state runs on through all training
+        episodes (in meta-batch order) and every evaluation episode starts from its
+        end-of-training value; it is stored in the checkpoint under ``inner_adam.*``."""
 
     def _inner_betas(self) -> tuple[float, float] | None:
         return tuple(self.options.inner_betas) if self.options.inner_optimizer == "adam" else None
+
+    def _carries(self) -> bool:
+        return self.options.inner_adam_state == "carry" and self.options.inner_optimizer == "adam"
+
+    def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
+        params = super().init(spec, generator)
+        if self._carries():
+            net = list(params.items())
+            params.update({f"{_STATE}m.{k}": torch.zeros_like(v) for k, v in net})
+            params.update({f"{_STATE}v.{k}": torch.zeros_like(v) for k, v in net})
+            params[f"{_STATE}t"] = torch.zeros((), dtype=net[0][1].dtype, device=net[0][1].device)
+        return params
+
+    def _inner(self, params: Params) -> tuple[Params, float | Params]:
+        return {k: v for k, v in params.items() if not k.startswith(_STATE)}, self.options.inner_lr
+
+    def _adam_state(self, params: Params) -> AdamState | None:
+        """The carried inner-Adam state (``None`` with ``inner_adam_state='reset'``)."""
+        if not self._carries():
+            return None
+        if f"{_STATE}t" not in params:
+            raise MrbenchError(
+                "This Reptile checkpoint has no carried inner-Adam state (it was trained with "
+                "inner_adam_state='reset', the only mode of reptile v1).",
+                "Evaluate it with `-o inner_adam_state=reset`, or train again with inner_adam_state=carry.")
+        # A statistic of past inner steps, not a learned parameter: no gradient flows into it.
+        net, _ = self._inner(params)
+        return AdamState({k: params[f"{_STATE}m.{k}"].detach() for k in net},
+                         {k: params[f"{_STATE}v.{k}"].detach() for k in net}, params[f"{_STATE}t"].detach())
+
+    def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, n_way: int, train: bool = False) -> Any:
+        o = self.options
+        fast, lr = self._inner(params)
+        fast = sgd_steps(lambda p: F.cross_entropy(self._logits(p, x_support), y_support), fast,
+                         o.inner_steps if train else o.inner_steps_test, lr, betas=self._inner_betas(),
+                         adam_state=self._adam_state(params))
+        _, stats = conv4(fast, x_support)
+        return {"params": fast, "stats": stats}
 
     def train_defaults(self, spec: EpisodeSpec) -> TrainDefaults:
         # lr is Reptile's outer step size (see the class docstring).
@@ -92,30 +145,58 @@ class Reptile(MAML):
         passes = -(-need // n)
         keys = torch.rand(E, passes, n, generator=ctx.generator, device=ctx.generator.device).to(y.device)
         order = keys.argsort(-1).reshape(E, passes * n)[:, :need].reshape(E, o.inner_steps, o.inner_batch)
-        theta = {k: v.detach() for k, v in ctx.params.items()}
+        net, _ = self._inner(ctx.params)
+        theta = {k: v.detach() for k, v in net.items()}
+        carried = self._adam_state({k: v.detach() for k, v in ctx.params.items()})
 
         def one(xe, ye, oe):
-            phi = sgd_steps(
+            out = sgd_steps(
                 lambda p, i: F.cross_entropy(self._logits(p, xe[oe[i]]), ye[oe[i]]),
                 theta, o.inner_steps, o.inner_lr, betas=self._inner_betas(), indexed=True,
+                adam_state=carried, return_state=carried is not None,
             )
-            return phi, F.cross_entropy(self._logits(phi, xe), ye)
+            phi, st = out if carried is not None else (out, None)
+            return phi, F.cross_entropy(self._logits(phi, xe), ye), (st.m, st.v) if st is not None else ()
 
         ex = ctx.execution
         with torch.no_grad():
             if ex.strategy == "vmap":
                 parts = [torch.func.vmap(one)(x[i : i + ex.chunk], y[i : i + ex.chunk], order[i : i + ex.chunk])
                          for i in range(0, E, ex.chunk)]
-                phi_sum = {k: sum(p[k].sum(0) for p, _ in parts) for k in theta}
-                loss = sum(float(l.sum()) for _, l in parts) / E
+                phi_sum = {k: sum(p[k].sum(0) for p, _, _ in parts) for k in theta}
+                loss = sum(float(l.sum()) for _, l, _ in parts) / E
+                moments = ([({k: m[k][j] for k in theta}, {k: v[k][j] for k in theta})
+                            for _, _, (m, v) in parts for j in range(next(iter(m.values())).shape[0])]
+                           if carried is not None else [])
             else:
                 phi_sum = {k: torch.zeros_like(v) for k, v in theta.items()}
                 loss = 0.0
+                moments = []
                 for e in range(E):
-                    phi, l = one(x[e], y[e], order[e])
+                    phi, l, mv = one(x[e], y[e], order[e])
                     phi_sum = {k: phi_sum[k] + phi[k] for k in theta}
                     loss += float(l) / E
+                    moments.append(mv)
             eps = self.outer_step_size(ctx.optimizer.param_groups[0]["lr"], ctx.step, ctx.steps)
-            for k, p in ctx.params.items():
+            for k, p in net.items():
                 p.add_(phi_sum[k] / E - p, alpha=eps)
+            if carried is not None:
+                self._carry_on(ctx.params, carried, moments)
         return loss
+
+    def _carry_on(self, params: Params, start: AdamState, moments: list) -> None:
+        """Advance the carried Adam state as if the episodes had run one after another.
+
+        Every episode of a meta-batch starts from the same carried state (they run in
+        parallel), so episode ``e`` ends with ``m_e = b**S m0 + u_e`` (``S`` inner steps);
+        the reference runs them in sequence, which gives
+        ``b**(E*S) m0 + sum_e b**((E-1-e)*S) u_e`` for each moment.
+        """
+        b1, b2 = self._inner_betas()
+        S, E = self.options.inner_steps, len(moments)
+        for which, b, m0 in (("m", b1, start.m), ("v", b2, start.v)):
+            for k, init in m0.items():
+                fresh = sum((b ** ((E - 1 - e) * S)) * (mv[0 if which == "m" else 1][k] - b ** S * init)
+                            for e, mv in enumerate(moments))
+                params[f"{_STATE}{which}.{k}"].copy_(b ** (E * S) * init + fresh)
+        params[f"{_STATE}t"].add_(E * S)

@@ -7,8 +7,10 @@ import dataclasses
 import pytest
 import torch
 
+from bench.errors import MrbenchError
 from bench.execution import Execution
-from bench.testing import SPEC, init_params, make_train_context, random_episodes
+from bench.nn import AdamState
+from bench.testing import SPEC, algorithm_contract_tests, init_params, make_train_context, random_episodes
 from mrbench_gradient.reptile import Reptile
 
 
@@ -89,3 +91,71 @@ def test_paper_defaults():
     d = algo.train_defaults(SPEC.replace(n_way=5, k_shot=1))
     assert (d.lr, d.meta_batch, d.steps, d.train_query) == (1.0, 5, 100000, 9)
     assert algo.transductive is False and Reptile(bn="batch").transductive is True
+
+
+# --- the reference's carried inner-Adam state (inner_adam_state='carry') ----------------
+
+test_contract_carry = algorithm_contract_tests(lambda: Reptile(inner_adam_state="carry", inner_batch=4))
+
+
+def test_carried_state_is_stored_with_the_parameters_and_advances_per_inner_step():
+    algo = Reptile(inner_batch=4, inner_adam_state="carry")
+    ctx = make_train_context(algo, meta_batch=3)
+    assert float(ctx.params["inner_adam.t"].detach()) == 0
+    assert all(not v.any() for k, v in ctx.params.items() if k.startswith("inner_adam."))
+    algo.train_step(ctx)
+    assert float(ctx.params["inner_adam.t"].detach()) == 3 * algo.options.inner_steps
+    assert ctx.params["inner_adam.v.head.weight"].min() > 0
+    assert "inner_adam.t" not in Reptile(inner_batch=4).init(SPEC, torch.Generator().manual_seed(0))
+
+
+def test_carried_state_combines_the_meta_batch_as_if_run_in_sequence():
+    # Episode e ends with b**S * v0 + u_e; in sequence, episode 1 starts where episode 0 ended.
+    algo = Reptile(inner_adam_state="carry", inner_betas=(0.5, 0.9), inner_steps=2)
+    v0 = {"w": torch.tensor([1.0, 2.0])}
+    m0 = {"w": torch.tensor([0.5, -0.5])}
+    u = [torch.tensor([0.3, 0.1]), torch.tensor([0.2, 0.4])]
+    finals = [((0.5 ** 2) * m0["w"] + u[e] / 10, (0.9 ** 2) * v0["w"] + u[e]) for e in range(2)]
+    params = {"inner_adam.m.w": torch.zeros(2), "inner_adam.v.w": torch.zeros(2), "inner_adam.t": torch.tensor(7.0)}
+    algo._carry_on(params, AdamState(m0, v0, params["inner_adam.t"].clone()),
+                   [({"w": m}, {"w": v}) for m, v in finals])
+    torch.testing.assert_close(params["inner_adam.v.w"], 0.9 ** 2 * ((0.9 ** 2) * v0["w"] + u[0]) + u[1])
+    torch.testing.assert_close(params["inner_adam.m.w"], 0.5 ** 2 * ((0.5 ** 2) * m0["w"] + u[0] / 10) + u[1] / 10)
+    assert float(params["inner_adam.t"]) == 7 + 2 * 2
+
+
+def test_adapt_starts_from_the_carried_state():
+    algo = Reptile(inner_steps_test=1, inner_lr=0.01, inner_adam_state="carry")
+    params = init_params(algo, dtype=torch.float64)
+    params["inner_adam.t"] = torch.tensor(1e6, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[0]
+
+    def head_step(v):
+        params["inner_adam.v.head.weight"] = torch.full_like(params["head.weight"], v)
+        return algo.adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)["params"]["head.weight"] - params["head.weight"]
+
+    # A large carried second moment makes the first step 100x smaller than reset's sign step.
+    assert head_step(1e4).abs().max() < 0.01 / 100
+    # A negligible one, long after bias correction stopped mattering (t = 1e6): the step is
+    # lr * g / sqrt((1 - beta2) * g**2) = lr / sqrt(0.001), not reset's bias-corrected lr * sign(g).
+    small = head_step(1e-30)
+    torch.testing.assert_close(small.abs(), torch.full_like(small, 0.01 / 0.001 ** 0.5), rtol=1e-3, atol=0)  # Adam eps
+
+
+def test_carry_needs_a_checkpoint_with_the_state():
+    params = init_params(Reptile())
+    ep = random_episodes()[0]
+    with pytest.raises(MrbenchError, match="inner_adam_state=reset"):
+        Reptile(inner_adam_state="carry").adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
+
+
+def test_vmap_and_loop_outer_steps_agree_with_the_carried_state(monkeypatch):
+    import bench.nn
+
+    monkeypatch.setattr(bench.nn, "_bn_mode", lambda: "hand")
+    algo = Reptile(inner_batch=4, inner_adam_state="carry")
+    loop = make_train_context(algo, meta_batch=3)
+    vmap = dataclasses.replace(make_train_context(algo, meta_batch=3), execution=Execution("vmap", chunk=2))
+    algo.train_step(loop), algo.train_step(vmap)
+    for k in ("inner_adam.v.head.weight", "inner_adam.v.backbone.conv1.weight", "inner_adam.t"):
+        torch.testing.assert_close(vmap.params[k].detach(), loop.params[k].detach(), rtol=1e-4, atol=1e-9)
