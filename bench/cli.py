@@ -283,7 +283,14 @@ def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt:
                     device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet),
                     shifts=_parse_shifts(getattr(args, "shift", None), suite), attacks=_parse_attacks(args, suite),
                     sanity=not getattr(args, "no_sanity", False),
-                    sanity_episodes=getattr(args, "sanity_episodes", 10), on=getattr(args, "on", "test"))
+                    sanity_episodes=getattr(args, "sanity_episodes", 10), on=getattr(args, "on", "test"),
+                    shard=_shard(getattr(args, "shard", None)))
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    from bench.evaluation import parse_shard
+
+    return None if text is None else parse_shard(text)
 
 
 def _summary(entry: dict[str, Any]) -> str:
@@ -317,6 +324,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     entry = _evaluate(args, args.algorithm, args.suite, Path(args.checkpoint), Path(args.out),
                       options=_parse_options(args.option) or None)
     c = _console()
+    if entry is None:
+        c.print(f"shard {args.shard} done; other shards' episodes are still missing from the partial file next to "
+                f"{args.out}. The shard that finishes last writes the result entry.")
+        return 0
     c.print(_summary(entry))
     c.print(f"result entry: {args.out}  per-episode results: {Path(args.out).parent / entry['episodes_file']}")
     return 0
@@ -454,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-sanity", action="store_true", help="skip the attack-strength sanity checks")
     sp.add_argument("--sanity-episodes", type=int, default=10, metavar="N",
                     help="episodes the sanity checks attack (default 10)")
+    sp.add_argument("--shard", default=None, metavar="K/N",
+                    help="split a long evaluation over N processes (or machines sharing the --out folder): run the "
+                         "same command with --shard 0/N ... N-1/N; results equal an unsharded run's, and the last "
+                         "shard to finish writes the entry")
     common(sp)
     sp.set_defaults(func=cmd_evaluate)
 

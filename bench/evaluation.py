@@ -2,7 +2,9 @@
 
 Episodes are processed in chunks; every finished chunk's per-episode results are
 appended to ``RESULT.episodes.partial.jsonl`` before the next starts, so an
-interrupted evaluation resumes where it stopped and loses nothing.
+interrupted evaluation resumes where it stopped and loses nothing. Chunks lie on a
+fixed grid of episode indices, so a long evaluation can also be split over several
+processes (``shard``) that share that file.
 """
 
 from __future__ import annotations
@@ -50,6 +52,53 @@ def _partial_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".json") + ".episodes.partial.jsonl")
 
 
+def _read_partial(partial: Path, key: str) -> tuple[dict[tuple[str, int], tuple[int, int]], dict[int, Any]] | None:
+    """Per-(scenario, episode) results saved in ``partial``; ``None`` when it was written
+    for other settings (another key). Unreadable lines (a torn write from a crash) are
+    skipped: those episodes are computed again."""
+    lines = partial.read_text().splitlines()
+    if not lines or json.loads(lines[0]).get("key") != key:
+        return None
+    done: dict[tuple[str, int], tuple[int, int]] = {}
+    by_group: dict[int, Any] = {}
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+            done[(rec.get("scenario", "clean"), int(rec["episode"]))] = (int(rec["correct"]), int(rec["total"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+        if "groups" in rec:
+            by_group[int(rec["episode"])] = rec["groups"]
+    return done, by_group
+
+
+def _append(path: Path, text: str) -> None:
+    """Append ``text`` under an exclusive lock, so shards sharing the file never interleave."""
+    with open(path, "a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: shards must not share a file there
+            f.write(text)
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(text)
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        k, n = -1, 0
+    if not 0 <= k < n:
+        raise MrbenchError(f"Bad shard {text!r}.", "Write it as K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes.")
+    return k, n
+
+
 def evaluate(
     algorithm: str | None,
     suite: str | Suite,
@@ -69,7 +118,8 @@ def evaluate(
     sanity: bool = True,
     sanity_episodes: int = 10,
     on: str = "test",
-) -> dict[str, Any]:
+    shard: tuple[int, int] | None = None,
+) -> dict[str, Any] | None:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
     :param algorithm: the algorithm id; must match the checkpoint's (``None``: take it
@@ -102,6 +152,11 @@ def evaluate(
         of the suite's spec drawn from the meta-training classes, to measure the
         meta-train vs meta-test gap (recorded as a ``split`` transfer; not a
         leaderboard entry).
+    :param shard: ``(K, N)``: compute only chunk ``c`` of the fixed chunk grid (episodes
+        ``c * chunk_episodes`` onwards) where ``c % N == K``, appending to the partial
+        file that N processes started with the same arguments share. Results equal an
+        unsharded run's. The shard that finds every episode done when it finishes writes
+        the entry; the others return ``None``.
 
     The entry also carries, where they apply: ``summary.corruptions`` (mean accuracy
     over the image-corruption scenarios, per severity and per corruption, and the
@@ -167,19 +222,15 @@ def evaluate(
     done: dict[tuple[str, int], tuple[int, int]] = {}
     by_group: dict[int, list[list[int]]] = {}  # episode -> [[correct, total] per group] (clean)
     partial = _partial_path(Path(out)) if out else None
+    if shard is not None and partial is None:
+        raise MrbenchError("A sharded evaluation needs --out: the shards share its partial file.",
+                           "Pass the same --out to every shard.")
     if partial is not None and partial.exists():
-        lines = partial.read_text().splitlines()
-        if lines and json.loads(lines[0]).get("key") == key:
-            for line in lines[1:]:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a torn last line from a crash: recompute from there
-                done[(rec.get("scenario", "clean"), int(rec["episode"]))] = (int(rec["correct"]), int(rec["total"]))
-                if "groups" in rec:
-                    by_group[int(rec["episode"])] = rec["groups"]
-        else:
+        saved = _read_partial(partial, key)
+        if saved is None:
             partial.unlink()
+        else:
+            done, by_group = saved
     if partial is not None and not partial.exists():
         partial.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps({"key": key}) + "\n")
@@ -187,8 +238,16 @@ def evaluate(
     E = manifest.n_episodes
     if transfer is not None and "way" in transfer["kinds"]:
         _probe_way(algo, params, gather(split, manifest[:1].to(dev)), spec.n_way, ex, suite, meta)
-    todo = [e for e in range(E) if any((n, e) not in done for n in names)]
-    reporter.start(E, f"evaluate {algo.id} on {suite.id}", completed=E - len(todo))
+    # Chunks on a fixed grid of episode indices: attack seeds depend on the chunk, so a
+    # resumed or sharded run attacks exactly what an uninterrupted one does.
+    chunks = [list(range(c, min(E, c + chunk_episodes))) for c in range(0, E, chunk_episodes)]
+    if shard is not None:
+        chunks = chunks[shard[0] :: shard[1]]
+    mine = sum(len(ids) for ids in chunks)
+    chunks = [[e for e in ids if any((n, e) not in done for n in names)] for ids in chunks]
+    chunks = [ids for ids in chunks if ids]
+    reporter.start(mine, f"evaluate {algo.id} on {suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
+                   completed=mine - sum(len(ids) for ids in chunks))
     timing = {"episodes": 0.0, "shifts": 0.0, "predict": 0.0, "attacks": 0.0}
 
     def tick() -> float:  # a timer that waits for queued CUDA work (one sync per stage, not per op)
@@ -198,8 +257,7 @@ def evaluate(
 
     with sigterm_as_interrupt():
         try:
-            for i in range(0, len(todo), chunk_episodes):
-                ids = todo[i : i + chunk_episodes]
+            for ids in chunks:
                 t0 = tick()
                 clean = gather(split, manifest[torch.tensor(ids)].to(dev))
                 timing["episodes"] += tick() - t0
@@ -238,10 +296,9 @@ def evaluate(
                 for name, ok in robust.items():
                     results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
                 if partial is not None:  # on disk first, so a count we report as saved is saved
-                    with open(partial, "a") as f:
-                        f.write("".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}
-                                                   | ({"groups": groups[e]} if n == "clean" and e in groups else {}))
-                                        + "\n" for n, e, c, t in results))
+                    _append(partial, "".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}
+                                                        | ({"groups": groups[e]} if n == "clean" and e in groups else {}))
+                                             + "\n" for n, e, c, t in results))
                 done.update(((n, e), (c, t)) for n, e, c, t in results)
                 by_group.update(groups)
                 clean_done = [v for (n, _), v in done.items() if n == "clean"]
@@ -252,6 +309,17 @@ def evaluate(
             where = f"; {n_done}/{E} episodes saved to {partial}" if partial else ""
             raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
     reporter.stop()
+    if shard is not None:  # the other shards' episodes, saved since this one started
+        if not partial.exists():  # another shard found everything done and wrote the entry
+            return None
+        saved = _read_partial(partial, key)
+        if saved is None:
+            raise MrbenchError(f"{partial} was restarted with other settings while shard {shard[0]}/{shard[1]} ran.",
+                               "Start every shard with the same arguments.")
+        done.update(saved[0])
+        by_group.update(saved[1])
+        if not all((n, e) in done for n in names for e in range(E)):
+            return None
 
     checks: dict[str, Any] = {}
     failures: list[str] = []

@@ -75,6 +75,43 @@ def test_interrupted_attack_evaluation_resumes(tmp_path, tiny_suite, ckpt, monke
     assert e["metrics"] == ref["metrics"]
 
 
+def test_sharded_attack_evaluation_equals_the_unsharded_one(tmp_path, tiny_suite, ckpt):
+    # Chunks lie on a fixed grid and carry their attack seeds, so shards attack exactly what
+    # one process does; the shard that finishes last writes the entry.
+    cells = CELLS[1:3]
+    kw = dict(device="cpu", attacks=cells, n_episodes=10, chunk_episodes=4, sanity=False)
+    ref = evaluate(None, tiny_suite, ckpt, out=tmp_path / "ref.json", **kw)
+    out = tmp_path / "r.json"
+    assert evaluate(None, tiny_suite, ckpt, out=out, shard=(1, 2), **kw) is None  # chunk 1 (episodes 4-7)
+    assert not out.exists()
+    saved = [json.loads(line) for line in (tmp_path / "r.episodes.partial.jsonl").read_text().splitlines()[1:]]
+    assert {r["episode"] for r in saved} == {4, 5, 6, 7}
+    e = evaluate(None, tiny_suite, ckpt, out=out, shard=(0, 2), **kw)  # chunks 0 and 2, then everything is done
+    assert e is not None and out.exists() and not (tmp_path / "r.episodes.partial.jsonl").exists()
+    assert e["metrics"] == ref["metrics"]
+    assert (tmp_path / "r.episodes.csv").read_text() == (tmp_path / "ref.episodes.csv").read_text()
+
+
+def test_a_resumed_run_keeps_the_chunk_grid(tmp_path, tiny_suite, ckpt):
+    # Episodes 4-7 done by a shard; the unsharded rerun attacks chunks 0 and 2 with their own seeds.
+    cells = CELLS[1:2]
+    kw = dict(device="cpu", attacks=cells, n_episodes=10, chunk_episodes=4, sanity=False)
+    ref = evaluate(None, tiny_suite, ckpt, out=tmp_path / "ref.json", **kw)
+    evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", shard=(1, 3), **kw)
+    assert evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", **kw)["metrics"] == ref["metrics"]
+
+
+def test_bad_shards_are_refused(tmp_path, tiny_suite, ckpt):
+    from bench.evaluation import parse_shard
+
+    assert parse_shard("1/4") == (1, 4)
+    for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(MrbenchError, match="K/N"):
+            parse_shard(bad)
+    with pytest.raises(MrbenchError, match="needs --out"):
+        evaluate(None, tiny_suite, ckpt, device="cpu", shard=(0, 2))
+
+
 def test_attack_errors_name_the_problem(tmp_path, tiny_suite, ckpt):
     with pytest.raises(MrbenchError, match="at least 4 ways"):
         evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("apgd-t", EPS, "query")])
@@ -119,6 +156,16 @@ def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, caps
     assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
                  "--attacks", "pgd-linf", "--eps", "lots", "--quiet"]) == 2
     assert "Cannot read eps 'lots'" in capsys.readouterr().err
+    # --shard: the tiny suite's 12 episodes are one chunk of 25, so shard 1/2 has nothing to do.
+    sharded = tmp_path / "s.json"
+    args = ["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(sharded),
+            "--quiet", "--device", "cpu"]
+    assert main(args + ["--shard", "1/2"]) == 0
+    assert "shard 1/2 done" in capsys.readouterr().out and not sharded.exists()
+    assert main(args + ["--shard", "0/2"]) == 0
+    assert sharded.exists() and json.loads(sharded.read_text())["metrics"]["clean"]["n_episodes"] == 12
+    assert main(args + ["--shard", "2/2"]) == 2
+    assert "Bad shard '2/2'" in capsys.readouterr().err
 
 
 def test_adversarial_fine_tuning_starts_from_a_checkpoint(tmp_path, tiny_suite):
