@@ -81,7 +81,10 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
     """``blocks`` x [conv3x3 (padding 1) + BatchNorm + ReLU (+ maxpool2)] on ``[N, C, H, W]``.
 
     :param stats: per-block (mean, var) to normalise with; ``None`` uses the
-        statistics of ``x`` itself (a transductive operation over the batch).
+        statistics of ``x`` itself (a transductive operation over the batch). Given
+        statistics are folded into the convolution (:func:`fold_bn`) except under
+        ``vmap``: about 2x faster for query embeddings without autograd and 1.3-1.7x
+        with an input gradient (1 CPU thread, 75 queries).
     :param pools: how many of the first blocks end with a 2x2 max-pool (default: all);
         RelationNet's embedding pools after its first two blocks only.
     :returns: the feature maps ``[N, hidden, h, w]`` and the statistics that were used.
@@ -91,8 +94,20 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
     used: Stats = []
     h = x
     for i in range(blocks):
-        h = F.conv2d(h, params[f"{prefix}conv{i}.weight"], params[f"{prefix}conv{i}.bias"], padding=1)
+        weight, bias = params[f"{prefix}conv{i}.weight"], params[f"{prefix}conv{i}.bias"]
         gamma, beta = params[f"{prefix}bn{i}.weight"], params[f"{prefix}bn{i}.bias"]
+        if stats is not None and mode != "hand":
+            # Given statistics make batch norm an affine map per channel: fold it into the
+            # convolution (one pass instead of two, forward and backward).
+            mean, var = stats[i]
+            weight, bias = fold_bn(weight, bias, gamma, beta, mean, var)
+            h = F.conv2d(h, weight, bias, padding=1)
+            used.append((mean, var))
+            if i < pools:
+                h = F.max_pool2d(h, 2)
+            h = F.relu(h)
+            continue
+        h = F.conv2d(h, weight, bias, padding=1)
         if mode == "fused":
             h, mean, var = _fused_bn(h, gamma, beta, None if stats is None else stats[i])
         elif mode == "native":
@@ -108,6 +123,22 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
             h = F.max_pool2d(h, 2)
         h = F.relu(h)
     return h, used
+
+
+def fold_bn(weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor
+            ) -> tuple[Tensor, Tensor]:
+    """A conv's ``(weight, bias)`` with the batch norm of fixed statistics ``(mean, var)``
+    that follows it folded in: ``bn(conv(x, w, b)) == conv(x, w * s, (b - mean) * s + beta)``
+    with ``s = gamma / sqrt(var + eps)``. Exact up to float rounding, and differentiable
+    with respect to every argument (statistics included). A channels-last filter stays
+    channels-last (``[C_out, 1, k, k]`` filters are ambiguous, so their layout is read off
+    the channel stride).
+    """
+    scale = gamma * torch.rsqrt(var + BN_EPS)
+    folded = weight * scale.view(-1, *([1] * (weight.dim() - 1)))
+    if weight.dim() == 4 and weight.stride(1) == 1 and weight.shape[2] * weight.shape[3] > 1:
+        folded = folded.to(memory_format=torch.channels_last)
+    return folded, (bias - mean) * scale + beta
 
 
 def _transforms_active() -> bool:
@@ -142,6 +173,8 @@ def _bn_mode() -> str:
 
     All three agree to rounding, values and gradients (tested in float64); on the CPU the
     native kernels are about 2x faster than the elementwise chain of the hand-written form.
+    With given statistics, ``fused`` and ``native`` fold the normalisation into the
+    convolution instead (:func:`fold_bn`).
     """
     if not torch.is_grad_enabled() and not _transforms_active():
         return "fused"

@@ -202,3 +202,34 @@ def test_adam_state_carried_between_calls_continues_one_adam_run():
 def test_adam_state_needs_adam():
     with pytest.raises(ValueError, match="betas"):
         sgd_steps(_quadratic(torch.zeros(5)), {"w": torch.zeros(5)}, 1, 0.1, return_state=True)
+
+
+@pytest.mark.parametrize("cin", [1, 64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_bn_is_the_conv_then_batch_norm_and_keeps_the_filter_layout(cin, channels_last):
+    """Folding given statistics into the conv gives the conv followed by batch norm
+    (values and gradients, statistics included, float64), and a channels-last filter
+    stays channels-last, the ambiguous one-input-channel filter too."""
+    from bench.nn import BN_EPS, fold_bn
+
+    g = torch.Generator().manual_seed(11)
+    w, b, gamma, beta = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+                         for s in [(64, cin, 3, 3), (64,), (64,), (64,)])
+    mean = torch.randn(64, generator=g, dtype=torch.float64, requires_grad=True)
+    var = torch.rand(64, generator=g, dtype=torch.float64).add(0.1).requires_grad_(True)
+    x = torch.rand(6, cin, 9, 9, generator=g, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    wl = w.to(memory_format=torch.channels_last) if channels_last else w
+    fw, fb = fold_bn(wl, b, gamma, beta, mean, var)
+    assert (fw.stride(1) == 1) == channels_last
+    out = torch.nn.functional.conv2d(x, fw, fb, padding=1)
+    c = lambda t: t.view(1, -1, 1, 1)  # noqa: E731
+    h = torch.nn.functional.conv2d(x, wl, b, padding=1)
+    ref = (h - c(mean)) / c(var + BN_EPS).sqrt() * c(gamma) + c(beta)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    head = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((out * head).sum(), [w, b, gamma, beta, mean, var])
+    gr = torch.autograd.grad((ref * head).sum(), [w, b, gamma, beta, mean, var])
+    for a, r in zip(ga, gr):
+        torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
