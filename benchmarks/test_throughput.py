@@ -21,7 +21,10 @@ Every *group* is one computation, timed in one run by consecutive cases:
 Same computation: the peers use ``nn.BatchNorm2d`` in training mode without running
 statistics (learn2learn's Omniglot CNN), so every forward normalises with its own
 batch statistics; the mrbench algorithms therefore run with ``bn="batch"`` (the
-original MAML convention). Inner steps and step sizes come from the plugin's options
+original MAML convention). The group ``eval-support protonet`` times the protocol's
+default instead, ``bn="support"``: queries normalised with the support set's batch
+statistics, which the peer does with inference-mode ``F.batch_norm`` on the support's
+mean and biased variance (:func:`peer_support_bn_embed`). Inner steps and step sizes come from the plugin's options
 and the Adam learning rate from its ``train_defaults``. ``test_same_computation``
 (not timed, float64) checks, for every case that is timed, that mrbench and the peer
 give the same loss and meta-gradients (training) or logits (evaluation) on the same
@@ -69,12 +72,15 @@ GUARD_EPISODES = 2
 MRBENCH_OPTIONS = {"bn": "batch"}
 """Options of every mrbench algorithm here: batch-statistics BatchNorm, as ``nn.BatchNorm2d``
 in training mode computes it in the peers."""
+SUPPORT_BN_OPTIONS = {"bn": "support"}
+"""Options of the ``eval-support`` group: the protocol's default BatchNorm (support statistics)."""
 
 GROUPS: list[tuple[str, str]] = [
     ("train", "maml"),
     ("train", "fomaml"),
     ("train", "protonet"),
     ("eval", "protonet"),
+    ("eval-support", "protonet"),
     ("eval", "maml"),
 ]
 """(kind, algorithm id) of every group, in run order."""
@@ -103,9 +109,10 @@ def images_per_episode(spec: EpisodeSpec) -> int:
     return spec.n_support + spec.n_query_total
 
 
-def make_algorithm(algo_id: str) -> Algorithm:
-    """The registered mrbench algorithm with :data:`MRBENCH_OPTIONS`."""
-    return get_registry().create("algorithm", algo_id, MRBENCH_OPTIONS)
+def make_algorithm(algo_id: str, kind: str = "train") -> Algorithm:
+    """The registered mrbench algorithm with :data:`MRBENCH_OPTIONS` (the ``eval-support``
+    group: :data:`SUPPORT_BN_OPTIONS`)."""
+    return get_registry().create("algorithm", algo_id, SUPPORT_BN_OPTIONS if kind == "eval-support" else MRBENCH_OPTIONS)
 
 
 def initial_params(algo: Algorithm, device: torch.device, dtype: torch.dtype = torch.float32,
@@ -168,15 +175,17 @@ class PeerSettings:
     inner_steps: int = 0
     inner_steps_test: int = 0
     first_order: bool = False
+    support_bn: bool = False  # queries normalised with the support's statistics (ProtoNet only)
 
 
 def peer_settings(algo: Algorithm) -> PeerSettings:
-    """Read the inner loop of ``algo`` from its options (MAML family) or nothing (ProtoNet)."""
+    """Read the inner loop of ``algo`` from its options (MAML family) or its BatchNorm
+    statistics (ProtoNet)."""
     if algo.id in ("maml", "fomaml"):
         o = algo.options
         return PeerSettings("maml", o.inner_lr, o.inner_steps, o.inner_steps_test, bool(algo.first_order))
     if algo.id == "protonet":
-        return PeerSettings("protonet")
+        return PeerSettings("protonet", support_bn=algo.options.bn == "support")
     raise ValueError(f"no peer for algorithm {algo.id!r}")
 
 
@@ -194,9 +203,25 @@ def peer_maml_task_loss(model: nn.Module, xs: Tensor, ys: Tensor, xq: Tensor, yq
     return F.cross_entropy(functional_call(model, fast, (xq,)), yq)
 
 
-def peer_protonet_logits(model: nn.Module, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
+def peer_support_bn_embed(model: PeerConv4, xs: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
+    """Support and query features, each BatchNorm normalising the queries with the
+    support's mean and biased variance (inference-mode ``F.batch_norm``) and the support
+    with its own batch statistics."""
+    hs, hq = xs, xq
+    for i in range(4):
+        conv, bn = model.backbone[f"conv{i}"], model.backbone[f"bn{i}"]
+        hs, hq = conv(hs), conv(hq)
+        mean, var = hs.mean((0, 2, 3)), hs.var((0, 2, 3), unbiased=False)
+        hs = F.batch_norm(hs, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        hq = F.batch_norm(hq, mean, var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        hs, hq = F.max_pool2d(F.relu(hs), 2), F.max_pool2d(F.relu(hq), 2)
+    return hs.flatten(1), hq.flatten(1)
+
+
+def peer_protonet_logits(model: nn.Module, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int,
+                         support_bn: bool = False) -> Tensor:
     """easyfsl-style: embed support and query, class means, negative squared Euclidean distance."""
-    zs, zq = model(xs), model(xq)
+    zs, zq = peer_support_bn_embed(model, xs, xq) if support_bn else (model(xs), model(xq))
     prototypes = torch.stack([zs[ys == c].mean(0) for c in range(n_way)])
     return -(zq[:, None, :] - prototypes[None, :, :]).square().sum(-1)
 
@@ -242,7 +267,7 @@ def peer_predict_episodes(model: nn.Module, s: PeerSettings, episodes: Episode, 
             if s.family == "maml":
                 out.append(peer_maml_predict(model, xs, ys, xq, s))
             else:
-                out.append(peer_protonet_logits(model, xs, ys, xq, n_way))
+                out.append(peer_protonet_logits(model, xs, ys, xq, n_way, s.support_bn))
     return torch.stack(out)
 
 
@@ -452,7 +477,7 @@ def train_workload(case: Case, device: torch.device) -> Workload:
 def eval_workload(case: Case, device: torch.device) -> Workload:
     """Query logits of :data:`EVAL_EPISODES` clean episodes (mrbench, peer), or one
     inference forward over as many images (ceiling)."""
-    algo = make_algorithm(case.algo)
+    algo = make_algorithm(case.algo, case.kind)
     n_images = EVAL_EPISODES * images_per_episode(SPEC)
 
     if case.role == "ceiling":
@@ -562,7 +587,7 @@ def _same_computation(kind: str, algo_id: str, device_str: str) -> str | None:
     """Compare mrbench and the peer in float64 on the same parameters and episodes, for
     every variant that is timed on ``device``; ``None`` if all agree, else the mismatch."""
     device = torch.device(device_str)
-    algo = make_algorithm(algo_id)
+    algo = make_algorithm(algo_id, kind)
     s = peer_settings(algo)
     episodes = random_episodes(GUARD_EPISODES, SPEC, SEED + 4, device, torch.float64)
     problems = []
@@ -622,7 +647,8 @@ def test_same_computation(kind: str, algo_id: str, bench_cfg) -> None:
 # --------------------------------------------------------------------------- the benchmark
 
 
-WORKLOADS: dict[str, Callable[[Case, torch.device], Workload]] = {"train": train_workload, "eval": eval_workload}
+WORKLOADS: dict[str, Callable[[Case, torch.device], Workload]] = {
+    "train": train_workload, "eval": eval_workload, "eval-support": eval_workload}
 
 
 def test_throughput(benchmark, bench_cfg, case: Case) -> None:
