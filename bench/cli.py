@@ -94,9 +94,12 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.results import markdown_table
+    from bench.results import first_episodes, markdown_table
 
-    text = markdown_table(args.entries, sources=[Path(p).name for p in args.entries])
+    if args.episodes is not None and args.episodes < 1:
+        raise MrbenchError(f"--episodes must be at least 1, got {args.episodes}.")
+    entries = args.entries if args.episodes is None else [first_episodes(p, args.episodes) for p in args.entries]
+    text = markdown_table(entries, sources=[Path(p).name for p in args.entries])
     if args.out:
         Path(args.out).write_text(text)
         _console().print(f"wrote {args.out}")
@@ -488,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("results", help="a Markdown table (scenario x entry) of result entries")
     sp.add_argument("entries", nargs="+", metavar="RESULT.json")
     sp.add_argument("--out", default=None, help="write the table to this file (default: print it)")
+    sp.add_argument("--episodes", type=int, default=None, metavar="N",
+                    help="compare on the suite's first N episodes only, recomputed from each entry's "
+                         "per-episode file (e.g. against an ensemble run on a declared subset)")
     sp.set_defaults(func=cmd_results)
 
     sp = sub.add_parser("attacks", help="list the attacks, their norms, targets and options")

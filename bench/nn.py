@@ -110,6 +110,11 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
         h = F.conv2d(h, weight, bias, padding=1)
         if mode == "fused":
             h, mean, var = _fused_bn(h, gamma, beta, None if stats is None else stats[i])
+        elif mode == "native" and stats is None and not _transforms_active():
+            # Plain autograd: the statistics are computed only if a caller uses them (e.g.
+            # to normalise queries with the support's), not for every training forward.
+            used.append(_LazyBatchStats(h))
+            h = F.batch_norm(h, None, None, gamma, beta, True, 0.0, BN_EPS)
         elif mode == "native":
             h, mean, var = _native_bn(h, gamma, beta, None if stats is None else stats[i])
         else:
@@ -117,12 +122,46 @@ def conv_blocks(params: Params, x: Tensor, stats: Stats | None = None, prefix: s
             scale = gamma * torch.rsqrt(var + BN_EPS)
             shift = beta - mean * scale
             h = h * scale[None, :, None, None] + shift[None, :, None, None]
-        used.append((mean, var))
+        if len(used) == i:
+            used.append((mean, var))
         # relu(maxpool(h)) == maxpool(relu(h)) exactly (relu is monotone), on 4x fewer elements.
         if i < pools:
             h = F.max_pool2d(h, 2)
         h = F.relu(h)
     return h, used
+
+
+class _LazyBatchStats:
+    """``(mean, var)`` of the activations ``h`` (as :func:`batch_stats`, differentiable),
+    computed on first use and then cached; behaves as the 2-tuple everywhere a
+    statistics pair is unpacked or indexed. Made only under plain autograd (no
+    ``torch.func`` transform), where ``h`` lives as long as the autograd graph anyway.
+    A meta-training forward whose statistics nobody reads (``bn="batch"``, MAML's
+    inner-loop losses) then skips two reductions per layer.
+    """
+
+    __slots__ = ("_h", "_pair")
+
+    def __init__(self, h: Tensor) -> None:
+        self._h: Tensor | None = h
+        self._pair: tuple[Tensor, Tensor] | None = None
+
+    def _get(self) -> tuple[Tensor, Tensor]:
+        if self._pair is None:
+            assert self._h is not None
+            with torch.enable_grad():  # as when h was made, even if first used under no_grad
+                self._pair = batch_stats(self._h)
+            self._h = None
+        return self._pair
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self._get()[i]
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return 2
 
 
 def fold_bn(weight: Tensor, bias: Tensor, gamma: Tensor, beta: Tensor, mean: Tensor, var: Tensor

@@ -14,6 +14,38 @@ def load_entry(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
+def first_episodes(path: str | Path, n: int) -> dict[str, Any]:
+    """The entry at ``path`` restricted to the suite's first ``n`` episodes.
+
+    Every scenario's accuracy and 95% CI are recomputed (as :func:`bench.evaluate` does:
+    mean and CI of the per-episode accuracies) from the per-episode file next to the
+    entry (``<name>.episodes.csv``), so entries evaluated on different numbers of
+    episodes (e.g. a 600-episode attack grid and an ensemble run on the first 200) can
+    be compared on the episodes they share. ``sanity`` is kept as recorded (the checks
+    run on the first episodes of the whole run).
+    """
+    from bench.errors import MrbenchError
+    from bench.evaluation import episodes_path, mean_ci95
+
+    path = Path(path)
+    entry = load_entry(path)
+    csv = episodes_path(path)
+    if not csv.exists():
+        raise MrbenchError(f"{path} has no per-episode file {csv.name} next to it, so it cannot be restricted "
+                           f"to its first {n} episodes.", "Keep the *.episodes.csv that `mrbench evaluate` writes "
+                           "next to the entry, or leave out --episodes.")
+    per = pd.read_csv(csv)
+    metrics = {}
+    for scenario, m in entry["metrics"].items():
+        rows = per[(per.scenario == scenario) & (per.episode < n)].sort_values("episode")
+        if len(rows) < n or m["n_episodes"] < n:
+            raise MrbenchError(f"{path} has {min(len(rows), m['n_episodes'])} episodes of scenario {scenario!r}, "
+                               f"fewer than the {n} asked for.", "Ask for at most as many episodes as every entry has.")
+        acc, ci = mean_ci95((rows.correct / rows.total).tolist())
+        metrics[scenario] = {**m, "accuracy": acc, "ci95": ci, "n_episodes": n, "n_queries": int(rows.total.sum())}
+    return {**entry, "metrics": metrics, "restricted_to_episodes": n}
+
+
 def results_frame(entries: Iterable[dict[str, Any] | str | Path]) -> pd.DataFrame:
     """One row per (entry, scenario): suite, algorithm, accuracy, CI and provenance columns.
 
@@ -56,6 +88,7 @@ def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: I
     Every number comes from the entries; unreliable entries are marked with their reason.
     """
     loaded = [e if isinstance(e, dict) else load_entry(e) for e in entries]
+    restricted = {e.get("restricted_to_episodes") for e in loaded} - {None}
     src = list(sources) if sources is not None else [""] * len(loaded)
     scenarios: list[str] = []
     for entry in loaded:
@@ -78,4 +111,7 @@ def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: I
                 continue
             checks = ", ".join(f"{k} {'ok' if v['passed'] else 'FAILED'}" for k, v in res["checks"].items())
             notes.append(f"- {tag}, sanity on {res['episodes']} episodes ({target}, eps {res['eps']:.4g}): {checks}")
+    if restricted:
+        notes.insert(0, f"- every entry restricted to the suite's first {', '.join(map(str, sorted(restricted)))} "
+                        "episodes (recomputed from its per-episode file); sanity checks as recorded by each run")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -153,6 +154,18 @@ def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, caps
     assert main(["results", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| `pgd-linf[steps=2]@8/255:both` |" in table and "(n=2)" in table
+    # --episodes: the first episode only, recomputed from the per-episode file
+    per = pd.read_csv(tmp_path / "r.episodes.csv")
+    first = per[(per.episode == 0) & (per.scenario == "fgsm@16/255:query")].iloc[0]
+    assert main(["results", str(out), "--episodes", "1"]) == 0
+    table = capsys.readouterr().out
+    assert f"| `fgsm@16/255:query` | {100 * first.correct / first.total:.2f} +- nan (n=1) |" in table
+    assert "restricted to the suite's first 1 episodes" in table
+    assert main(["results", str(out), "--episodes", "3"]) == 2
+    assert "fewer than the 3 asked for" in capsys.readouterr().err
+    (tmp_path / "r.episodes.csv").unlink()
+    assert main(["results", str(out), "--episodes", "1"]) == 2
+    assert "no per-episode file r.episodes.csv" in capsys.readouterr().err
     assert main(["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--out", str(out),
                  "--attacks", "pgd-linf", "--eps", "lots", "--quiet"]) == 2
     assert "Cannot read eps 'lots'" in capsys.readouterr().err

@@ -233,3 +233,24 @@ def test_fold_bn_is_the_conv_then_batch_norm_and_keeps_the_filter_layout(cin, ch
     gr = torch.autograd.grad((ref * head).sum(), [w, b, gamma, beta, mean, var])
     for a, r in zip(ga, gr):
         torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-9)
+
+
+def test_batch_statistics_under_autograd_are_computed_when_used_and_stay_differentiable():
+    """Under plain autograd the returned statistics are lazy: equal to the batch's own
+    (float64), computed once, and differentiable even when first read under no_grad."""
+    from bench.nn import _LazyBatchStats, batch_stats
+
+    params, x, _ = _bn_params(7)
+    params = {k: v.requires_grad_(True) for k, v in params.items()}
+    _, lazy = conv_blocks(params, x)
+    assert all(isinstance(p, _LazyBatchStats) for p in lazy)
+    with torch.no_grad():
+        _, ref = conv_blocks({k: v.detach() for k, v in params.items()}, x)
+        mean, var = lazy[2]
+    torch.testing.assert_close(mean, ref[2][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(var, ref[2][1], rtol=1e-10, atol=1e-12)
+    assert lazy[2][0] is mean and len(lazy[2]) == 2
+    (g,) = torch.autograd.grad(var.sum(), params["backbone.conv2.weight"])
+    assert g.abs().sum() > 0
+    h = torch.rand(4, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(tuple(_LazyBatchStats(h)), batch_stats(h))
