@@ -6,6 +6,9 @@ Options (all optional; ``python -m benchmarks.run`` passes them):
 - ``--bench-quick``: one timed round per case (a smoke run; numbers are indicative only).
 - ``--bench-rounds N``: timed rounds per case (default 3; ``--bench-quick`` makes it 1).
 - ``--bench-threads N``: ``torch.set_num_threads(N)`` before anything runs.
+- ``--bench-reverse``: run the cases in reverse order. ``python -m benchmarks.run --passes N``
+  alternates forward and reverse passes, so that a drift of the machine's speed during a
+  pass favours no case of a group (each pair of cases runs in both orders).
 """
 
 from __future__ import annotations
@@ -48,6 +51,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-quick", action="store_true", help="one timed round per case (smoke run)")
     group.addoption("--bench-rounds", type=int, default=None, help=f"timed rounds per case (default {DEFAULT_ROUNDS})")
     group.addoption("--bench-threads", type=int, default=None, help="torch.set_num_threads before running")
+    group.addoption("--bench-reverse", action="store_true",
+                    help="run the cases in reverse order (alternate passes of benchmarks.run --passes)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--bench-reverse"):
+        items.reverse()
 
 
 _LOAD_AT_START: list[float] | None = None
@@ -101,6 +111,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "rounds": cfg.rounds,
         "warmup_rounds": cfg.warmup_rounds,
         "quick": cfg.quick,
+        "order": "reverse" if config.getoption("--bench-reverse") else "forward",
         # 1/5/15-minute load averages when the run started and when it ended: other
         # processes competing for the cores make every rate here lower.
         "load_average_start": _LOAD_AT_START,

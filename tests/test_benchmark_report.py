@@ -91,3 +91,76 @@ def test_write_report_copies_the_json(report, tmp_path: Path) -> None:
 
 def test_an_empty_json_renders(report) -> None:
     assert "holds no case" in report.render({"benchmarks": []}, "empty")
+
+
+def _pass(medians: dict[str, float], order: str, load_end: float) -> dict:
+    """One pass of a --passes run: each case with two timed calls around its median."""
+    data = _data()
+    data["machine_info"]["mrbench"].update(order=order, load_average_end=[load_end] * 3, rounds=2)
+    data["datetime"] = f"2026-01-01T00:0{int(load_end)}:00"
+    for b in data["benchmarks"]:
+        key = f"{b['group']} {b['extra_info'].get('role')} {b['extra_info'].get('variant')}"
+        if key in medians:
+            m = medians[key]
+            b["fullname"] = f"bench::{b['name']}"
+            b["stats"] = {"median": m, "min": m * 0.9, "max": m * 1.1, "rounds": 2, "data": [m * 0.9, m * 1.1]}
+            b["extra_info"]["peak_rss_mb"] = 100.0 * load_end
+    return data
+
+
+def test_passes_merge_into_pooled_timings_and_paired_ratios(report, tmp_path: Path) -> None:
+    # The machine slows down by 2x between passes 1 and 2 and recovers in pass 3; the
+    # paired ratio (mrbench over peer within a pass) stays put, the pooled one need not.
+    passes = [
+        _pass({"train maml mrbench loop": 4.0, "train maml peer plain": 5.0, "train maml ceiling batch=all": 3.2,
+               "train maml ceiling batch=80": 6.4}, "forward", 1.0),
+        _pass({"train maml mrbench loop": 8.0, "train maml peer plain": 10.0, "train maml ceiling batch=all": 6.4,
+               "train maml ceiling batch=80": 12.8}, "reverse", 2.0),
+        _pass({"train maml mrbench loop": 4.0, "train maml peer plain": 4.0, "train maml ceiling batch=all": 3.2,
+               "train maml ceiling batch=80": 6.4}, "forward", 3.0),
+    ]
+    merged = report.merge_passes(passes)
+    rows = {(r.group, r.role, r.variant): r for r in report.rows_of(merged)}
+    m = rows[("train maml", "mrbench", "loop")]
+    assert m.pass_medians == (4.0, 8.0, 4.0)
+    assert m.rounds == 6 and m.min == pytest.approx(3.6) and m.max == pytest.approx(8.8)
+    assert m.median == pytest.approx(4.4)  # pooled: 3.6 3.6 4.4 4.4 7.2 8.8
+    assert m.info["peak_rss_mb"] == 300.0  # the largest over the passes
+    # Cases without timings (the eval group here) pass through untouched.
+    assert rows[("eval protonet", "mrbench", "loop")].pass_medians == ()
+    mi = merged["machine_info"]["mrbench"]
+    assert mi["passes"] == 3 and mi["orders"] == ["forward", "reverse", "forward"]
+    assert mi["load_average_start"] == [0.1, 0.2, 0.3] and mi["load_average_end"] == [3.0] * 3
+    group = next(g for g in report.groups_of(report.rows_of(merged)) if g.name == "train maml")
+    # per pass: 5/4, 10/8, 4/4 -> median 1.25, range 1.00-1.25
+    assert group.paired(m, "peer") == pytest.approx((1.25, 1.0, 1.25))
+    # against the ceiling (batch=all): 3.2/4 in every pass
+    assert group.paired(m, "ceiling") == pytest.approx((0.8, 0.8, 0.8))
+    md = report.render(merged, "cpu")
+    assert "in each of 3 passes (orders: forward, reverse, forward)" in md
+    assert "| train maml | loop |" in md and "| 1.25x (1.00-1.25) | 0.80 (0.80-0.80) |" in md
+    # An eval group without per-pass medians gets no paired figure.
+    assert "| eval protonet | loop | 20 episodes/s | plain | 25 episodes/s | 0.80x | - | - | - |" in md
+
+
+def test_a_case_missing_from_a_pass_is_not_paired(report) -> None:
+    full = {"train maml mrbench loop": 4.0, "train maml peer plain": 5.0}
+    second = _pass(full, "reverse", 2.0)
+    second["benchmarks"] = [b for b in second["benchmarks"] if b["extra_info"].get("role") != "peer"]
+    merged = report.merge_passes([_pass(full, "forward", 1.0), second])
+    rows = {(r.role, r.variant): r for r in report.rows_of(merged) if r.group == "train maml"}
+    assert rows[("peer", "plain")].pass_medians == (5.0,)
+    group = next(g for g in report.groups_of(report.rows_of(merged)) if g.name == "train maml")
+    assert group.paired(rows[("mrbench", "loop")], "peer") is None
+
+
+def test_report_cli_merges_several_jsons(report, tmp_path: Path) -> None:
+    paths = []
+    for i, order in enumerate(("forward", "reverse")):
+        p = tmp_path / f"pass-{i}.json"
+        p.write_text(json.dumps(_pass({"train maml mrbench loop": 4.0, "train maml peer plain": 5.0}, order, 1.0 + i)))
+        paths.append(str(p))
+    assert report.main([*paths, "--name", "cpu", "--out", str(tmp_path / "out")]) == 0
+    merged = json.loads((tmp_path / "out" / "cpu.json").read_text())
+    assert merged["machine_info"]["mrbench"]["passes"] == 2
+    assert "1.25x (1.25-1.25)" in (tmp_path / "out" / "cpu.md").read_text()
