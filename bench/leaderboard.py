@@ -23,6 +23,15 @@ rank of its first entry, and every member of such a group shows it with a traili
 ``=`` ("1=", "1=", "3"); the p-value against the row above is printed so a reader
 can see where a chain is weak.
 
+Ensemble entries. A suite whose ``[attacks]`` table declares an ensemble run on a
+fixed subset of its episodes (``ensemble``, ``ensemble_episodes``, and the subset's
+pinned ``ensemble_manifest_sha256``) accepts entries on exactly that subset that
+hold only ``clean`` and the ensemble's scenarios (``autoattack@16/255:query``). Such
+an entry supplements the full-suite entries of the same checkpoint and algorithm
+options: it is not ranked (its clean accuracy covers fewer episodes), and its
+ensemble scenarios show in their rows, marked with the number of episodes and a
+note naming the entry. One without a full-suite entry to supplement is an error.
+
 Unreliable entries are ranked like the others (their clean number was measured)
 and marked with a dagger; superseded entries are validated against the schema but
 not against the data, since an entry may be superseded precisely because its
@@ -98,6 +107,16 @@ class Board:
     @property
     def live(self) -> list[Entry]:
         return [e for e in self.entries if e.superseded_by is None]
+
+    @property
+    def ranked(self) -> list[Entry]:
+        """Live entries on all the suite's episodes: the ones ranked."""
+        return [e for e in self.live if not is_ensemble_entry(e.entry, self.suite)]
+
+    @property
+    def ensemble_entries(self) -> list[Entry]:
+        """Live entries on the suite's ensemble subset: shown in the rows of their checkpoint's entries."""
+        return [e for e in self.live if is_ensemble_entry(e.entry, self.suite)]
 
 
 @dataclass(frozen=True)
@@ -240,18 +259,65 @@ def _check_against_episodes(entry: ResultEntry, path: Path, problems: _Problems)
     return out
 
 
+@dataclass(frozen=True)
+class EnsembleSubset:
+    """The suite's declared ensemble and the fixed episode subset it runs on.
+
+    :param attack: the ensemble's attack id (scenarios ``<attack>@<eps>:<target>``).
+    :param n_episodes: it runs on the suite's first ``n_episodes`` episodes.
+    :param manifest_sha256: the pinned manifest digest of those episodes (``None``: not pinned).
+    """
+
+    attack: str
+    n_episodes: int
+    manifest_sha256: str | None
+
+    def covers(self, scenario: str) -> bool:
+        return scenario.startswith(f"{self.attack}@")
+
+
+def ensemble_subset(suite: Suite) -> EnsembleSubset | None:
+    """The suite's :class:`EnsembleSubset`, or ``None`` if it declares no ensemble on fewer episodes than it has."""
+    table = suite.attacks or {}
+    attack, n = table.get("ensemble"), table.get("ensemble_episodes")
+    if not attack or not n or suite.fixed_episodes or int(n) >= suite.n_episodes:
+        return None
+    return EnsembleSubset(str(attack), int(n), table.get("ensemble_manifest_sha256"))
+
+
+def is_ensemble_entry(entry: ResultEntry, suite: Suite) -> bool:
+    """Whether ``entry`` was evaluated on the suite's ensemble subset (see :func:`ensemble_subset`)."""
+    sub = ensemble_subset(suite)
+    return sub is not None and entry.suite.n_episodes == sub.n_episodes
+
+
 def _check_against_suite(entry: ResultEntry, suite: Suite, path: Path, problems: _Problems) -> None:
     s = entry.suite
     spec = (s.spec.n_way, s.spec.k_shot, s.spec.n_query)
     if spec != (suite.spec.n_way, suite.spec.k_shot, suite.spec.n_query):
         problems.add(path, "suite.spec", f"{spec} (n_way, k_shot, n_query) disagrees with the suite's "
                      f"{(suite.spec.n_way, suite.spec.k_shot, suite.spec.n_query)}")
-    if not suite.fixed_episodes and s.n_episodes != suite.n_episodes:
+    sub = ensemble_subset(suite)
+    pinned, pinned_by = suite.manifest_sha256, f"pinned by {_display(suite.path or '')}"
+    if sub is not None and s.n_episodes == sub.n_episodes:
+        others = sorted(k for k in entry.metrics if k != "clean" and not sub.covers(k))
+        if others:
+            problems.add(path, "metrics", f"{', '.join(others)} on {s.n_episodes} episodes: an entry on the suite's "
+                         f"ensemble subset (its first {sub.n_episodes} episodes) holds only clean and "
+                         f"{sub.attack} scenarios; evaluate the others on all {suite.n_episodes} episodes")
+        if sub.manifest_sha256 is None:
+            problems.add(path, "suite.n_episodes", f"{s.n_episodes} (the ensemble subset), but "
+                         f"{_display(suite.path or '')} pins no [attacks] ensemble_manifest_sha256 to check it against")
+            return
+        pinned, pinned_by = sub.manifest_sha256, f"pinned for the ensemble subset by {_display(suite.path or '')}"
+    elif not suite.fixed_episodes and s.n_episodes != suite.n_episodes:
+        subset = (f" (or, with only {sub.attack} scenarios, its first {sub.n_episodes}: the ensemble subset)"
+                  if sub is not None else "")
         problems.add(path, "suite.n_episodes", f"{s.n_episodes}, but suite {suite.ref} has {suite.n_episodes} "
-                     "episodes: a leaderboard entry evaluates all of them (no --episodes)")
-    if s.manifest_sha256 != suite.manifest_sha256:
+                     f"episodes: a leaderboard entry evaluates all of them{subset} (no other --episodes)")
+    if s.manifest_sha256 != pinned:
         problems.add(path, "suite.manifest_sha256", f"{s.manifest_sha256} does not match the manifest hash "
-                     f"{suite.manifest_sha256} pinned by {_display(suite.path or '')}: evaluated on other episodes")
+                     f"{pinned} {pinned_by}: evaluated on other episodes")
     if (entry.dataset.id, entry.dataset.split) != (suite.test.dataset, suite.test.split):
         problems.add(path, "dataset", f"{entry.dataset.id} {entry.dataset.split} is not the suite's test data "
                      f"({suite.test.dataset} {suite.test.split})")
@@ -343,7 +409,20 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
             _check_against_suite(entry, suite, path, problems)
             episodes = _check_against_episodes(entry, path, problems)
         entries.append(Entry(path, entry, episodes, superseded_by.get(name)))
-    return Board(folder, suite, tuple(entries))
+    board = Board(folder, suite, tuple(entries))
+    full = board.ranked
+    for e in board.ensemble_entries:
+        if not any(_same_model(f.entry, e.entry) for f in full):
+            problems.add(e.path, "checkpoint", f"{e.entry.checkpoint.sha256[:12]} ({e.entry.algorithm.id}): an entry "
+                         "on the ensemble subset supplements a full-suite entry of the same checkpoint and algorithm "
+                         "options, and none is published; publish its clean (or attack) evaluation on all "
+                         f"{suite.n_episodes} episodes first")
+    return board
+
+
+def _same_model(a: ResultEntry, b: ResultEntry) -> bool:
+    return (a.checkpoint.sha256, a.algorithm.id, a.algorithm.options) == (
+        b.checkpoint.sha256, b.algorithm.id, b.algorithm.options)
 
 
 def load_boards(root: str | Path | None = None) -> list[Board]:
@@ -368,8 +447,9 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
     :param alpha: significance level of the paired test between adjacent rows.
     """
     rows: list[Row] = []
+    ranked = [_with_ensemble(e, board.ensemble_entries) for e in board.ranked]
     for section, transductive in SECTIONS:
-        items = sorted((e for e in board.live if e.entry.algorithm.transductive is transductive),
+        items = sorted((e for e in ranked if e.entry.algorithm.transductive is transductive),
                        key=lambda e: (-e.entry.metrics["clean"].accuracy, e.name))
         starts: list[int] = []
         pvals: list[float | None] = []
@@ -385,6 +465,25 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
             tied = starts.count(starts[i]) > 1
             rows.append(Row(section, f"{starts[i] + 1}{'=' if tied else ''}", e, pvals[i]))
     return rows
+
+
+def _with_ensemble(e: Entry, ensemble_entries: list[Entry]) -> Entry:
+    """``e`` with the ensemble scenarios of the ensemble-subset entries of its model that
+    it lacks itself, and a footnote naming where they come from."""
+    metrics, notes = dict(e.entry.metrics), []
+    for sup in ensemble_entries:
+        if not _same_model(e.entry, sup.entry):
+            continue
+        added = [k for k in sup.entry.metrics if k != "clean" and k not in metrics]
+        if added:
+            metrics.update({k: sup.entry.metrics[k] for k in added})
+            notes.append(f"{', '.join(added)}: the suite's first {sup.entry.suite.n_episodes} episodes "
+                         f"(its ensemble subset), from {sup.name}.")
+    if not notes:
+        return e
+    footnote = " ".join(([e.entry.footnote] if e.entry.footnote else []) + notes)
+    return Entry(e.path, e.entry.model_copy(update={"metrics": metrics, "footnote": footnote}), e.episodes,
+                 e.superseded_by)
 
 
 def _pct(x: float | None) -> str:

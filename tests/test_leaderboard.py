@@ -254,6 +254,60 @@ def test_robust_columns_in_markdown(root):
     assert "| 50.00 ± 1.00 (1 sc.) |" in md
 
 
+def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable[[dict[str, Any]], None]:
+    """An entry on the suite's ensemble subset (its first ``n`` episodes) of the checkpoint of entry ``model``."""
+    def edit(e: dict[str, Any]) -> None:
+        e["suite"]["n_episodes"] = n
+        e["suite"]["manifest_sha256"] = sha or lb.ensemble_subset(lb.read_suite(SUITE_DIR / "suite.toml")).manifest_sha256
+        e["checkpoint"]["sha256"] = hashlib.sha256(model.encode()).hexdigest()
+    return edit
+
+
+def test_ensemble_subset_entries_show_in_their_checkpoints_rows(root):
+    base = _base_counts()
+    aa = [(c // 4, t) for c, t in base[:200]]
+    write_entry(_entries(root), "protonet-aa", base[:200], edit=_ensemble_edit("protonet"),
+                scenarios={"autoattack@16/255:query": aa})
+    lb.build(root)
+    lb.check(root)
+    rows = _table(root)
+    assert "protonet-aa.json" not in {r["entry"] for r in rows}  # not ranked: its clean covers 200 episodes
+    assert len(rows) == 3
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    robust = md[md.index("## Robustness and shifts"):md.index("## Notes")]
+    lines = [line for line in robust.splitlines() if line.startswith("| ") and not line.startswith("| Rank")]
+    assert len(lines) == 1 and lines[0].startswith("| 1= | protonet [1] |")  # the row of the same checkpoint
+    acc, ci = mean_ci95([c / t for c, t in aa])
+    assert f"| {100 * acc:.2f} ± {100 * ci:.2f} (200 ep.) |" in lines[0]
+    assert ("autoattack@16/255:query: the suite's first 200 episodes (its ensemble subset), from protonet-aa.json"
+            in md)
+    assert "protonet-aa.json" in (root / "omniglot-5w1s" / "v1" / "table.html").read_text()
+
+
+def test_ensemble_subset_entries_are_checked(root):
+    base = _base_counts()
+    aa = {"autoattack@16/255:query": [(c // 4, t) for c, t in base[:200]]}
+    entries = _entries(root)
+    # another attack on the subset: it needs all 600 episodes
+    write_entry(entries, "bad-pgd", base[:200], edit=_ensemble_edit("protonet"),
+                scenarios={"pgd-linf@16/255:query": aa["autoattack@16/255:query"]})
+    _check_fails(root, "bad-pgd.json: metrics: pgd-linf@16/255:query on 200 episodes",
+                 "holds only clean and autoattack scenarios")
+    (entries / "bad-pgd.json").unlink()
+    # other episodes than the pinned subset
+    write_entry(entries, "bad-sha", base[:200], edit=_ensemble_edit("protonet", sha="0" * 64), scenarios=aa)
+    _check_fails(root, "bad-sha.json: suite.manifest_sha256", "pinned for the ensemble subset")
+    (entries / "bad-sha.json").unlink()
+    # a prefix other than the declared subset
+    write_entry(entries, "bad-n", base[:100], edit=_ensemble_edit("protonet", n=100),
+                scenarios={k: v[:100] for k, v in aa.items()})
+    _check_fails(root, "bad-n.json: suite.n_episodes: 100", "its first 200: the ensemble subset")
+    (entries / "bad-n.json").unlink()
+    # no full-suite entry of that checkpoint to supplement
+    write_entry(entries, "orphan", base[:200], edit=_ensemble_edit("nobody"), scenarios=aa)
+    _check_fails(root, "orphan.json: checkpoint", "publish its clean (or attack) evaluation on all 600 episodes first")
+
+
 def test_transfer_entries_say_what_they_were_trained_for(root):
     def moved(e: dict[str, Any]) -> None:
         e["transfer"] = {"trained_on": "omniglot-20w1s@v1", "kinds": ["way"], "train_data": None,

@@ -35,6 +35,11 @@ def test_data_suite_regenerates_its_pinned_manifest(ref, data_root):
     s = all_suites()[ref]
     manifest, split, _ = suite_manifest(s, get_registry(), data_root)
     assert manifest.sha256() == s.manifest_sha256 and split.revision == s.revision
+    pinned = (s.attacks or {}).get("ensemble_manifest_sha256")
+    if pinned:  # the ensemble's fixed subset: the suite's first ensemble_episodes episodes
+        n = int(s.attacks["ensemble_episodes"])
+        subset, _, _ = suite_manifest(s, get_registry(), data_root, n)
+        assert subset.n_episodes == n and subset.sha256() == pinned
 
 
 def test_a_changed_protocol_is_caught():
