@@ -279,7 +279,8 @@ def _parse_attacks(args: argparse.Namespace, suite_id: str) -> list[Any]:
     return out
 
 
-def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None):
+def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None,
+              replace: bool = False):
     from bench.evaluation import evaluate
 
     return evaluate(algorithm, suite, ckpt, out=out, n_episodes=args.episodes, options=options,
@@ -287,7 +288,7 @@ def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt:
                     shifts=_parse_shifts(getattr(args, "shift", None), suite), attacks=_parse_attacks(args, suite),
                     sanity=not getattr(args, "no_sanity", False),
                     sanity_episodes=getattr(args, "sanity_episodes", 10), on=getattr(args, "on", "test"),
-                    shard=_shard(getattr(args, "shard", None)))
+                    shard=_shard(getattr(args, "shard", None)), replace=replace)
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
@@ -324,9 +325,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    before = Path(args.out).read_text() if Path(args.out).is_file() else None
     entry = _evaluate(args, args.algorithm, args.suite, Path(args.checkpoint), Path(args.out),
                       options=_parse_options(args.option) or None)
     c = _console()
+    if entry is not None and before is not None and Path(args.out).read_text() == before:
+        c.print(f"{args.out} already holds this evaluation's result; nothing to do (delete it to evaluate again).")
     if entry is None:
         c.print(f"shard {args.shard} done; other shards' episodes are still missing from the partial file next to "
                 f"{args.out}. The shard that finishes last writes the result entry.")
@@ -347,7 +351,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     c.print(f"[bold]mrbench run[/]: meta-train {args.algorithm} on {suite.ref} ({suite.train.dataset}), "
             f"then evaluate on its fixed test episodes")
     res = _train(args, args.algorithm, args.suite, ckpt, args.steps)
-    entry = _evaluate(args, args.algorithm, args.suite, ckpt, result)
+    # The run folder's result derives from its checkpoint: a finished one is reused, another one replaced.
+    entry = _evaluate(args, args.algorithm, args.suite, ckpt, result, replace=True)
     c.print(_summary(entry))
     c.print(f"checkpoint:   {ckpt} (sha256 {res.sha256[:16]}, {res.meta['steps']} steps, {res.meta['wall_time_s']:.0f} s)")
     c.print(f"result entry: {result}")

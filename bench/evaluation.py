@@ -119,8 +119,12 @@ def evaluate(
     sanity_episodes: int = 10,
     on: str = "test",
     shard: tuple[int, int] | None = None,
+    replace: bool = False,
 ) -> dict[str, Any] | None:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
+
+    A finished ``out`` of the same evaluation (same ``run_key``) is returned as it is,
+    without recomputing; one of another evaluation is an error unless ``replace``.
 
     :param algorithm: the algorithm id; must match the checkpoint's (``None``: take it
         from the checkpoint).
@@ -217,6 +221,11 @@ def evaluate(
                   "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None],
                   "attacks": [[n, a.version, a.options.model_dump(mode="json")] for n, _, a in attack_cells],
                   "chunk": chunk_episodes if attack_cells else None, "on": on})
+    run_key = digest([key, sanity_episodes if attack_cells and sanity else None])
+    if out is not None and Path(out).exists():
+        finished = _finished(Path(out), run_key, replace)
+        if finished is not None:
+            return finished
     victim = Victim(algo, params, spec.n_way, ex) if attack_cells else None
 
     done: dict[tuple[str, int], tuple[int, int]] = {}
@@ -361,6 +370,7 @@ def evaluate(
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
         "peak_memory_bytes": peak_memory_bytes(dev),
         "episodes_file": None,
+        "run_key": run_key,
     }
     if summary is not None:
         entry["summary"] = {"corruptions": summary}
@@ -387,6 +397,28 @@ def evaluate(
             partial.unlink(missing_ok=True)
     return entry
 
+
+
+def _finished(out: Path, run_key: str, replace: bool = False) -> dict[str, Any] | None:
+    """The entry already at ``out`` when it is this evaluation's finished result, so a
+    re-run (or a shard started late) returns it instead of recomputing hours of attacks;
+    an error, not an overwrite, when ``out`` holds another result (``None`` when ``replace``)."""
+    try:
+        entry = json.loads(out.read_text())
+    except (OSError, ValueError) as exc:
+        if replace:
+            return None
+        raise MrbenchError(f"{out} exists but is not a readable result entry ({exc}).",
+                           "Pass another --out, or delete the file to evaluate again.") from None
+    if isinstance(entry, dict) and entry.get("run_key") == run_key:
+        return entry
+    if replace:
+        return None
+    why = ("was written by an mrbench without run keys, so it cannot be matched to this evaluation"
+           if isinstance(entry, dict) and entry.get("kind") == "mrbench-result" and "run_key" not in entry
+           else "holds the result of a different evaluation (checkpoint, episodes, options, scenarios or sanity settings)")
+    raise MrbenchError(f"{out} already exists and {why}.",
+                       "Pass another --out, or delete the file (and its .episodes.csv) to evaluate again.")
 
 
 def _probe_way(algo: Any, params: Any, episode: Any, n_way: int, ex: Execution, suite: Suite,

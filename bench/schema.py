@@ -238,6 +238,9 @@ class ResultEntry(_Strict):
         table marks it and shows ``footnote``.
     :param episodes_file: the per-episode CSV next to the entry (a bare file name).
     :param reported: scenario -> published number, shown next to the measured one.
+    :param run_key: digest of what determines the result (checkpoint, episodes, options,
+        scenarios, chunk grid, sanity settings); ``mrbench evaluate`` returns a finished
+        ``--out`` with the same key instead of recomputing it. Absent in older entries.
     :param footnote: a note shown under the table.
     :param supersedes: file name of the entry in the same ``entries/`` folder this one
         corrects; the superseded entry stays (append-only) but leaves the table.
@@ -266,6 +269,7 @@ class ResultEntry(_Strict):
     summary: Summary | None = None
     breakdown: Breakdown | None = None
     transfer: Transfer | None = None
+    run_key: Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")] | None = None
 
     @field_validator("created")
     @classmethod

@@ -117,6 +117,27 @@ def test_interrupted_evaluation_resumes_without_recomputing(tmp_path, tiny_suite
     assert not (tmp_path / "r.episodes.partial.jsonl").exists()
 
 
+def test_a_finished_evaluation_is_returned_not_recomputed_or_overwritten(tmp_path, tiny_suite, monkeypatch):
+    _train(tmp_path / "p.pt", tiny_suite)
+    out = tmp_path / "r.json"
+    first = evaluate(None, tiny_suite, tmp_path / "p.pt", out=out, device="cpu", n_episodes=8)
+    written = out.read_text()
+    calls = []
+    real = evaluate_mod.predict_episodes
+    monkeypatch.setattr(evaluate_mod, "predict_episodes", lambda *a: calls.append(1) or real(*a))
+    again = evaluate(None, tiny_suite, tmp_path / "p.pt", out=out, device="cpu", n_episodes=8)
+    assert calls == [] and again == first and out.read_text() == written
+    # Another evaluation (here: another number of episodes) must not replace the finished one.
+    with pytest.raises(MrbenchError, match="holds the result of a different evaluation"):
+        evaluate(None, tiny_suite, tmp_path / "p.pt", out=out, device="cpu", n_episodes=4)
+    assert out.read_text() == written
+    old = json.loads(written)
+    del old["run_key"]
+    out.write_text(json.dumps(old))
+    with pytest.raises(MrbenchError, match="without run keys"):
+        evaluate(None, tiny_suite, tmp_path / "p.pt", out=out, device="cpu", n_episodes=8)
+
+
 def test_vmap_and_loop_execution_agree(tmp_path, tiny_suite):
     train("maml", tiny_suite, tmp_path / "m.pt", steps=2, meta_batch=2, device="cpu")
     loop = evaluate(None, tiny_suite, tmp_path / "m.pt", device="cpu", execution=Execution("loop"))
