@@ -94,12 +94,24 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.results import first_episodes, markdown_table
+    from bench.results import first_episodes, markdown_table, paired_comparison, paired_notes
 
     if args.episodes is not None and args.episodes < 1:
         raise MrbenchError(f"--episodes must be at least 1, got {args.episodes}.")
     entries = args.entries if args.episodes is None else [first_episodes(p, args.episodes) for p in args.entries]
-    text = markdown_table(entries, sources=[Path(p).name for p in args.entries])
+    notes: list[str] = []
+    for pair in args.paired or ():
+        a, sep, b = pair.partition(",")
+        if not sep or not a or not b:
+            raise MrbenchError(f"--paired takes two scenario names separated by a comma, got {pair!r}.",
+                               "E.g. --paired 'autoattack@16/255:query,pgd-linf@16/255:query'.")
+        rows = paired_comparison(args.entries, a.strip(), b.strip(), args.episodes)
+        if not rows:
+            known = sorted({s for p in args.entries for s in json.loads(Path(p).read_text())["metrics"]})
+            raise MrbenchError(f"No checkpoint among these entries has both {a.strip()!r} and {b.strip()!r}.",
+                               f"Scenarios in these entries: {', '.join(known)}.")
+        notes += paired_notes(rows)
+    text = markdown_table(entries, sources=[Path(p).name for p in args.entries], extra_notes=notes)
     if args.out:
         Path(args.out).write_text(text)
         _console().print(f"wrote {args.out}")
@@ -499,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--episodes", type=int, default=None, metavar="N",
                     help="compare on the suite's first N episodes only, recomputed from each entry's "
                          "per-episode file (e.g. against an ensemble run on a declared subset)")
+    sp.add_argument("--paired", action="append", metavar="A,B",
+                    help="compare scenario A with scenario B episode by episode for every checkpoint that has both "
+                         "(in one entry or two): episodes lower/equal/higher and the mean difference with a paired "
+                         "95%% CI, under the table; repeatable")
     sp.set_defaults(func=cmd_results)
 
     sp = sub.add_parser("attacks", help="list the attacks, their norms, targets and options")

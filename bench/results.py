@@ -46,6 +46,71 @@ def first_episodes(path: str | Path, n: int) -> dict[str, Any]:
     return {**entry, "metrics": metrics, "restricted_to_episodes": n}
 
 
+def _per_episode(path: Path) -> pd.DataFrame:
+    from bench.errors import MrbenchError
+    from bench.evaluation import episodes_path
+
+    csv = episodes_path(path)
+    if not csv.exists():
+        raise MrbenchError(f"{path} has no per-episode file {csv.name} next to it, so its episodes cannot be compared.",
+                           "Keep the *.episodes.csv that `mrbench evaluate` writes next to the entry.")
+    return pd.read_csv(csv)
+
+
+def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None = None) -> list[dict[str, Any]]:
+    """Scenario ``a`` against scenario ``b`` episode by episode, per checkpoint.
+
+    For every checkpoint (sha256) among the entries at ``paths`` that has both
+    scenarios (in one entry or in two, e.g. an ensemble run next to the attack grid of
+    the same checkpoint), on the episodes both were measured on (the first ``n`` when
+    given): on how many episodes ``a``'s accuracy is lower, equal and higher than
+    ``b``'s, and the mean per-episode difference ``a - b`` with its 95% CI (a paired
+    interval: much narrower than the two CIs side by side when the scenarios share
+    their episodes). Both scenarios must come from the same suite manifest prefix,
+    which the episode indices assume; entries of another suite are an error.
+    """
+    from bench.errors import MrbenchError
+    from bench.evaluation import mean_ci95
+
+    found: dict[str, dict[str, tuple[Path, dict[str, Any]]]] = {}  # sha -> scenario -> (path, entry)
+    for p in map(Path, paths):
+        entry = load_entry(p)
+        for sc in (a, b):
+            if sc in entry["metrics"]:
+                found.setdefault(entry["checkpoint"]["sha256"], {}).setdefault(sc, (p, entry))
+    out = []
+    for sha, by in found.items():
+        if a not in by or b not in by:
+            continue
+        (pa, ea), (pb, eb) = by[a], by[b]
+        if ea["suite"]["id"] != eb["suite"]["id"] or ea["suite"]["version"] != eb["suite"]["version"]:
+            raise MrbenchError(f"{pa.name} and {pb.name} are on different suites; their episodes cannot be paired.",
+                               "Compare entries of one suite.")
+        ra = _per_episode(pa).query("scenario == @a").set_index("episode")
+        rb = _per_episode(pb).query("scenario == @b").set_index("episode")
+        common = ra.index.intersection(rb.index)
+        if n is not None:
+            common = common[common < n]
+        if len(common) == 0:
+            continue
+        acc_a = (ra.correct / ra.total).loc[common]
+        acc_b = (rb.correct / rb.total).loc[common]
+        d = (acc_a - acc_b).to_numpy()
+        mean, ci = mean_ci95(d.tolist())
+        out.append({"algorithm": entry_label(ea), "checkpoint_sha256": sha, "a": a, "b": b, "files": (pa.name, pb.name),
+                    "n_episodes": len(common), "lower": int((d < 0).sum()), "equal": int((d == 0).sum()),
+                    "higher": int((d > 0).sum()), "mean_difference": mean, "ci95": ci})
+    return out
+
+
+def paired_notes(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Markdown bullet lines for :func:`paired_comparison` rows."""
+    return [f"- {r['algorithm']} (checkpoint {r['checkpoint_sha256'][:12]}): `{r['a']}` vs `{r['b']}` on the same "
+            f"{r['n_episodes']} episodes: lower on {r['lower']}, equal on {r['equal']}, higher on {r['higher']}; "
+            f"mean difference {100 * r['mean_difference']:+.2f} points +- {100 * r['ci95']:.2f} (paired 95% CI)"
+            for r in rows]
+
+
 def results_frame(entries: Iterable[dict[str, Any] | str | Path]) -> pd.DataFrame:
     """One row per (entry, scenario): suite, algorithm, accuracy, CI and provenance columns.
 
@@ -82,10 +147,12 @@ def entry_label(entry: dict[str, Any]) -> str:
     return label
 
 
-def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: Iterable[str] | None = None) -> str:
+def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: Iterable[str] | None = None,
+                   extra_notes: Iterable[str] = ()) -> str:
     """Scenario x entry table of accuracy (%) with 95% CI and episode counts, in Markdown.
 
     Every number comes from the entries; unreliable entries are marked with their reason.
+    ``extra_notes`` (e.g. :func:`paired_notes`) are appended under the table.
     """
     loaded = [e if isinstance(e, dict) else load_entry(e) for e in entries]
     restricted = {e.get("restricted_to_episodes") for e in loaded} - {None}
@@ -114,4 +181,5 @@ def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: I
     if restricted:
         notes.insert(0, f"- every entry restricted to the suite's first {', '.join(map(str, sorted(restricted)))} "
                         "episodes (recomputed from its per-episode file); sanity checks as recorded by each run")
+    notes += list(extra_notes)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

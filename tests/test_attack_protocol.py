@@ -163,6 +163,18 @@ def test_cli_attacks_listing_and_evaluate_flags(tmp_path, tiny_suite, ckpt, caps
     assert "restricted to the suite's first 1 episodes" in table
     assert main(["results", str(out), "--episodes", "3"]) == 2
     assert "fewer than the 3 asked for" in capsys.readouterr().err
+    # --paired: pgd against fgsm episode by episode, counted from the per-episode file
+    acc = {sc: (g.sort_values("episode").correct / g.sort_values("episode").total).to_numpy()
+           for sc, g in per.groupby("scenario")}
+    d = acc["pgd-linf[steps=2]@16/255:query"] - acc["fgsm@16/255:query"]
+    assert main(["results", str(out), "--paired", "pgd-linf[steps=2]@16/255:query,fgsm@16/255:query"]) == 0
+    table = capsys.readouterr().out
+    assert (f"`pgd-linf[steps=2]@16/255:query` vs `fgsm@16/255:query` on the same 2 episodes: lower on {(d < 0).sum()}, "
+            f"equal on {(d == 0).sum()}, higher on {(d > 0).sum()}; mean difference {100 * d.mean():+.2f} points") in table
+    assert main(["results", str(out), "--paired", "fgsm@16/255:query"]) == 2
+    assert "two scenario names separated by a comma" in capsys.readouterr().err
+    assert main(["results", str(out), "--paired", "fgsm@16/255:query,autoattack@16/255:query"]) == 2
+    assert "Scenarios in these entries: clean, " in capsys.readouterr().err
     (tmp_path / "r.episodes.csv").unlink()
     assert main(["results", str(out), "--episodes", "1"]) == 2
     assert "no per-episode file r.episodes.csv" in capsys.readouterr().err
