@@ -43,9 +43,28 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+def weights_sha256(params: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors alone (names, dtypes, shapes and bytes, in name order).
+
+    The file's sha256 identifies one file: its metadata hold the wall time and the git
+    sha, so a second training run never writes the same bytes. Two runs trained the
+    same weights exactly when their ``weights_sha256`` agree.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(params):
+        t = params[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_final(path: Path, params: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
-    """Write the final checkpoint and its sidecar; returns the file's sha256."""
+    """Write the final checkpoint and its sidecar; returns the file's sha256. The
+    metadata gain ``weights_sha256`` (:func:`weights_sha256`) unless they have it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "weights_sha256": meta.get("weights_sha256") or weights_sha256(params)}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -331,7 +331,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if res.already_done:
         c.print(f"{args.out} is already trained with these settings (sha256 {res.sha256[:16]}); nothing to do.")
     else:
-        c.print(f"checkpoint: {res.checkpoint} (sha256 {res.sha256[:16]}, {res.meta['steps']} steps, "
+        c.print(f"checkpoint: {res.checkpoint} (sha256 {res.sha256[:16]}, weights {res.meta['weights_sha256'][:16]}, "
+                f"{res.meta['steps']} steps, "
                 f"{res.meta['wall_time_s']:.0f} s{', resumed at step ' + str(res.resumed_from) if res.resumed_from else ''})")
     return 0
 
@@ -369,6 +370,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     c.print(f"checkpoint:   {ckpt} (sha256 {res.sha256[:16]}, {res.meta['steps']} steps, {res.meta['wall_time_s']:.0f} s)")
     c.print(f"result entry: {result}")
     c.print(f"per-episode:  {out / entry['episodes_file']}")
+    return 0
+
+
+def cmd_checkpoint(args: argparse.Namespace) -> int:
+    from bench.checkpoint import load_final, weights_sha256
+
+    rows = []
+    for path in args.checkpoints:
+        params, meta, sha = load_final(Path(path))
+        weights = weights_sha256(params)
+        recorded = meta.get("weights_sha256")
+        if recorded is not None and recorded != weights:
+            raise MrbenchError(f"{path}: its tensors hash to {weights[:16]}, but it records weights_sha256 "
+                               f"{recorded[:16]}.", "The file was altered after training; train it again.")
+        rows.append({"file": str(path), "sha256": sha, "weights_sha256": weights,
+                     "algorithm": meta.get("algorithm", {}).get("id"), "suite": meta.get("suite"),
+                     "steps": meta.get("steps"), "seed": meta.get("seed"), "final_loss": meta.get("final_loss"),
+                     "git_sha": meta.get("environment", {}).get("git_sha"),
+                     "device": meta.get("environment", {}).get("device")})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['file']}: {r['algorithm']} on {r['suite']}, {r['steps']} steps, seed {r['seed']}, "
+              f"final loss {r['final_loss']:.6g}, trained at {str(r['git_sha'])[:12]} on {r['device']}\n"
+              f"  sha256  {r['sha256']}\n  weights {r['weights_sha256']}")
+    if len(rows) > 1:
+        same = len({r["weights_sha256"] for r in rows}) == 1
+        print("same weights" if same else "different weights")
     return 0
 
 
@@ -530,6 +560,11 @@ def build_parser() -> argparse.ArgumentParser:
     training(sp)
     common(sp)
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("checkpoint", help="print checkpoints' file sha256 and weights sha256 (compare training runs)")
+    sp.add_argument("checkpoints", nargs="+", metavar="CKPT.pt")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=cmd_checkpoint)
 
     sp = sub.add_parser("data", help="dataset archives: download or check")
     dsub = sp.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)

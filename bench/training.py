@@ -360,6 +360,7 @@ def train(
         "validation": curve,
     }
     sha = save_final(out, params, meta)
+    meta = load_final(out)[1]  # with weights_sha256
     partial_path(out).unlink(missing_ok=True)
     return TrainResult(out, sha, meta, resumed_from=start)
 

@@ -34,6 +34,23 @@ def test_train_writes_a_weights_only_checkpoint(tmp_path, tiny_suite):
     assert not (tmp_path / "p.pt.partial").exists()
 
 
+def test_a_second_training_run_gives_the_same_weights_not_the_same_file(tmp_path, tiny_suite, capsys):
+    from bench.cli import main
+
+    a = train("maml", tiny_suite, tmp_path / "a.pt", steps=3, meta_batch=2, device="cpu")
+    b = train("maml", tiny_suite, tmp_path / "b.pt", steps=3, meta_batch=2, device="cpu")
+    c = train("maml", tiny_suite, tmp_path / "c.pt", steps=3, meta_batch=2, device="cpu", seed=1)
+    # The file's sha256 covers metadata (wall time, git sha); weights_sha256 only the tensors.
+    assert a.meta["weights_sha256"] == b.meta["weights_sha256"] != c.meta["weights_sha256"]
+    assert json.loads((tmp_path / "a.pt.json").read_text())["weights_sha256"] == a.meta["weights_sha256"]
+    capsys.readouterr()
+    assert main(["checkpoint", str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]) == 0
+    out = capsys.readouterr().out
+    assert f"weights {a.meta['weights_sha256']}" in out and out.rstrip().endswith("same weights")
+    assert main(["checkpoint", str(tmp_path / "a.pt"), str(tmp_path / "c.pt")]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("different weights")
+
+
 def test_train_is_idempotent_and_refuses_to_overwrite(tmp_path, tiny_suite):
     first = _train(tmp_path / "p.pt", tiny_suite)
     again = _train(tmp_path / "p.pt", tiny_suite)
