@@ -32,3 +32,10 @@ def results_frame(entries: Any):
     from bench.results import results_frame as _frame
 
     return _frame(entries)
+
+
+def load_model(ref: Any):
+    """A published model from the checkpoint zoo. See :func:`bench.zoo.load_model`."""
+    from bench.zoo import load_model as _load
+
+    return _load(ref)

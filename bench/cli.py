@@ -195,7 +195,7 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
     return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
                  reporter=_reporter("steps", args.quiet), val_every=args.val_every, adversary=adversary,
-                 init_from=getattr(args, "init_from", None))
+                 init_from=getattr(args, "init_from", None))  # a file or zoo:<digest>
 
 
 def _parse_shifts(specs: Sequence[str] | None, suite_id: str | None = None) -> list[tuple[str, int]]:
@@ -337,9 +337,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint_arg(text: str) -> Any:
+    """``--checkpoint``: a file, or a zoo checkpoint ``zoo:<digest>``."""
+    return text if text.startswith("zoo:") else Path(text)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.zoo:
+        return _evaluate_zoo(args)
+    missing = [flag for flag, value in (("ALGORITHM", args.algorithm), ("--suite", args.suite),
+                                        ("--checkpoint", args.checkpoint), ("--out", args.out)) if not value]
+    if missing:
+        raise MrbenchError(f"mrbench evaluate needs {', '.join(missing)}.",
+                           "Evaluate one checkpoint (`mrbench evaluate ALGO --suite S --checkpoint CKPT --out R.json`) "
+                           "or every published model of a suite (`mrbench evaluate --zoo S --attacks A --out-dir DIR`).")
     before = Path(args.out).read_text() if Path(args.out).is_file() else None
-    entry = _evaluate(args, args.algorithm, args.suite, Path(args.checkpoint), Path(args.out),
+    entry = _evaluate(args, args.algorithm, args.suite, _checkpoint_arg(args.checkpoint), Path(args.out),
                       options=_parse_options(args.option) or None)
     c = _console()
     if entry is not None and before is not None and Path(args.out).read_text() == before:
@@ -350,6 +363,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     c.print(_summary(entry))
     c.print(f"result entry: {args.out}  per-episode results: {Path(args.out).parent / entry['episodes_file']}")
+    return 0
+
+
+def _evaluate_zoo(args: argparse.Namespace) -> int:
+    from bench.external import evaluate_zoo
+
+    if args.checkpoint or args.algorithm or args.out:
+        raise MrbenchError("--zoo evaluates every published model of a suite; it takes no ALGORITHM, --checkpoint or "
+                           "--out.", "Pass --out-dir DIR for the result entries, one per model.")
+    if not args.out_dir:
+        raise MrbenchError("--zoo needs --out-dir DIR for the result entries (one per model).")
+    c = _console()
+    entries = evaluate_zoo(args.zoo, args.out_dir, attacks=_parse_attacks(args, args.zoo),
+                           shifts=_parse_shifts(getattr(args, "shift", None), args.zoo), n_episodes=args.episodes,
+                           device=args.device, data_root=args.data_root, reporter=_reporter("episodes", args.quiet),
+                           sanity=not args.no_sanity, sanity_episodes=args.sanity_episodes, shard=_shard(args.shard),
+                           on_model=lambda m: c.print(f"{m.label} (row {m.entry})"))
+    for entry in entries:
+        if entry is not None:
+            c.print(_summary(entry))
+    c.print(f"result entries in {args.out_dir}; copy them into the suite's entries/ folder to publish them as "
+            "external evaluations (`mrbench leaderboard build && mrbench leaderboard check`).")
     return 0
 
 
@@ -399,6 +434,116 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     if len(rows) > 1:
         same = len({r["weights_sha256"] for r in rows}) == 1
         print("same weights" if same else "different weights")
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from bench import zoo
+
+    if args.zoo_cmd == "publish":
+        for path in args.checkpoints:
+            record, new = zoo.publish(path, args.zoo_dir, urls=args.url or ())
+            print(f"{path}: {'published' if new else 'already in the zoo'} as {record.weights_sha256} "
+                  f"({record.size_bytes / 1e6:.2f} MB) in {record.sidecar.parent}")
+        return 0
+    if args.zoo_cmd == "get":
+        record = zoo.find(args.ref)
+        if args.out:
+            print(zoo.export(record, args.out))
+        else:
+            print(zoo.fetch(record))
+        return 0
+    if args.zoo_cmd == "show":
+        record = zoo.find(args.ref)
+        print(json.dumps({**record.to_json(), "entries": [str(p) for p in _entries_of(record)]}, indent=2))
+        return 0
+    rows = _zoo_rows(args.suite)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"checkpoint zoo: {len(rows)} checkpoints, {zoo.total_size() / 1e6:.1f} MB on disk",
+                  title_justify="left")
+    for col in ("weights", "algorithm", "options", "trained on", "suite", "clean %", "best known %", "MB"):
+        table.add_column(col, no_wrap=col not in ("options", "best known %"), overflow="fold")
+    for r in rows:
+        table.add_row(r["weights_sha256"][:12], r["algorithm"], r["options"], r["trained_on"] or "", r["suite"] or "",
+                      r["clean"], r["best_known"], f"{r['size_bytes'] / 1e6:.2f}")
+    _console().print(table)
+    return 0
+
+
+def _boards_or_warn() -> list[Any]:
+    """The leaderboards, or none with a warning: the zoo is readable without valid leaderboards."""
+    from bench.leaderboard import load_boards
+
+    try:
+        return load_boards()
+    except MrbenchError as exc:
+        _console(stderr=True).print(f"warning: leaderboards not read ({exc.message[:200]}...); showing the zoo "
+                                    "records alone", highlight=False, markup=False)
+        return []
+
+
+def _entries_of(record: Any) -> list[Path]:
+    return [e.path for b in _boards_or_warn() for e in b.live if e.weights == record.weights_sha256]
+
+
+def _zoo_rows(suite: str | None) -> list[dict[str, Any]]:
+    """One row per (checkpoint, leaderboard row), plus checkpoints no live entry uses."""
+    from bench import zoo
+    from bench.leaderboard import best_known, rank
+
+    records = {r.weights_sha256: r for r in zoo.records()}
+    used: set[str] = set()
+    rows = []
+    for board in _boards_or_warn():
+        if suite and suite not in (board.suite.id, board.suite.ref):
+            continue
+        for r in rank(board):
+            w = r.entry.weights
+            rec = records.get(w or "")
+            if rec is None:
+                continue
+            used.add(w)
+            en = r.entry.entry
+            nondefault = {k: v for k, v in en.algorithm.options.items() if k not in ("hidden", "bn") or v not in (64, "support")}
+            best = best_known(r.entry)
+            rows.append({"weights_sha256": w, "algorithm": en.algorithm.id, "options": json.dumps(nondefault),
+                         "trained_on": rec.suite, "suite": board.suite.ref,
+                         "clean": f"{100 * en.metrics['clean'].accuracy:.2f}",
+                         "best_known": "; ".join(f"{cell}: {100 * b.accuracy:.2f} ({b.scenario.rsplit('@', 1)[0]}, "
+                                                 f"{b.n_episodes} ep.)" for cell, b in sorted(best.items())),
+                         "size_bytes": rec.size_bytes, "entry": r.entry.name})
+    if not suite:
+        for w, rec in records.items():
+            if w not in used:
+                rows.append({"weights_sha256": w, "algorithm": rec.algorithm,
+                             "options": json.dumps(rec.meta.get("algorithm", {}).get("options", {})),
+                             "trained_on": rec.suite, "suite": None, "clean": "", "best_known": "",
+                             "size_bytes": rec.size_bytes, "entry": None})
+    return rows
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bench.verify import live_entries, verify_entry
+
+    if args.all == bool(args.entries):
+        raise MrbenchError("Name the entries to verify, or pass --all (every live entry of every leaderboard).")
+    paths = live_entries(args.root) if args.all else [Path(p) for p in args.entries]
+    k = None if args.all_episodes else args.episodes
+    c = _console()
+    failed = []
+    for path in paths:
+        res = verify_entry(path, episodes=k, seed=args.seed, device=args.device, data_root=args.data_root)
+        c.print(res.line(), highlight=False, markup=False)
+        if not res.ok:
+            failed.append(res)
+    c.print(f"verified {len(paths) - len(failed)} of {len(paths)} entries", highlight=False)
+    if failed:
+        errors = [r.error() for r in failed]
+        raise MrbenchError(" ".join(e.message for e in errors), errors[0].hint)
     return 0
 
 
@@ -493,11 +638,16 @@ def build_parser() -> argparse.ArgumentParser:
     common(sp)
     sp.set_defaults(func=cmd_train)
 
-    sp = sub.add_parser("evaluate", help="evaluate a checkpoint on a suite's fixed test episodes")
-    sp.add_argument("algorithm")
-    sp.add_argument("--suite", required=True)
-    sp.add_argument("--checkpoint", required=True)
-    sp.add_argument("--out", required=True, help="result entry JSON (rerun the same command to resume)")
+    sp = sub.add_parser("evaluate", help="evaluate a checkpoint (or every published model of a suite) on a suite's "
+                        "fixed test episodes")
+    sp.add_argument("algorithm", nargs="?", default=None, help="the checkpoint's algorithm id")
+    sp.add_argument("--suite", default=None)
+    sp.add_argument("--checkpoint", default=None, help="a checkpoint file, or a published one: zoo:<weights digest>")
+    sp.add_argument("--out", default=None, help="result entry JSON (rerun the same command to resume)")
+    sp.add_argument("--zoo", default=None, metavar="SUITE",
+                    help="evaluate the attacks (or shifts) against every published model of SUITE's leaderboard "
+                         "(external evaluations), one result entry per model in --out-dir")
+    sp.add_argument("--out-dir", default=None, metavar="DIR", help="with --zoo: the folder for the result entries")
     sp.add_argument("--episodes", type=int, default=None, help="only the first N of the suite's episodes")
     sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="override an algorithm option")
     sp.add_argument("--shift", action="append", metavar="ID[:SEVERITY]|suite",
@@ -565,6 +715,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoints", nargs="+", metavar="CKPT.pt")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_checkpoint)
+
+    sp = sub.add_parser("zoo", help="the checkpoint zoo: published models, by weights digest")
+    zsub = sp.add_subparsers(dest="zoo_cmd", required=True, parser_class=_Parser)
+    d = zsub.add_parser("list", help="published checkpoints: algorithm, options, suite, clean and best-known robust "
+                        "accuracy, size")
+    d.add_argument("--suite", default=None, help="only the models of this suite's leaderboard")
+    d.add_argument("--json", action="store_true")
+    d = zsub.add_parser("show", help="a checkpoint's record (training recipe, provenance) and the entries using it")
+    d.add_argument("ref", metavar="DIGEST", help="weights digest or a prefix (>= 8 hex digits)")
+    d = zsub.add_parser("get", help="fetch a checkpoint (zoo folder, cache, or its URL) and print its path")
+    d.add_argument("ref", metavar="DIGEST")
+    d.add_argument("--out", default=None, metavar="CKPT.pt", help="also write it as an ordinary checkpoint file")
+    d = zsub.add_parser("publish", help="add trained checkpoints to the zoo (safetensors + JSON record)")
+    d.add_argument("checkpoints", nargs="+", metavar="CKPT.pt")
+    d.add_argument("--zoo-dir", default=None, help="zoo folder (default: the repository's leaderboards/zoo)")
+    d.add_argument("--url", action="append", metavar="URL", help="where the tensors file will also be downloadable")
+    sp.set_defaults(func=cmd_zoo)
+
+    sp = sub.add_parser("verify", help="re-run entries' episodes from their zoo checkpoints and compare them with the "
+                        "published per-episode results")
+    sp.add_argument("entries", nargs="*", metavar="ENTRY.json")
+    sp.add_argument("--all", action="store_true", help="every live entry of every leaderboard")
+    sp.add_argument("--episodes", type=int, default=3, metavar="K", help="episodes per entry, drawn with --seed "
+                    "(default 3)")
+    sp.add_argument("--all-episodes", action="store_true", help="every episode of each entry")
+    sp.add_argument("--seed", type=int, default=0, help="which episodes are drawn (default 0)")
+    sp.add_argument("--root", default=None, help="leaderboards folder (default: the repository's)")
+    common(sp)
+    sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser("data", help="dataset archives: download or check")
     dsub = sp.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)

@@ -15,13 +15,14 @@ import io
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from bench.attacks import SanityResult, Victim, ensemble_name, monotone_in_eps, run_attack, sanity_checks
-from bench.checkpoint import atomic_write_text, load_final
+from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
 from bench.execution import Execution, pick_device, plan, predict_episodes
@@ -99,86 +100,61 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def evaluate(
-    algorithm: str | None,
-    suite: str | Suite,
-    checkpoint: str | Path,
-    *,
-    out: str | Path | None = None,
-    n_episodes: int | None = None,
-    options: Mapping[str, Any] | None = None,
-    device: str = "auto",
-    data_root: str | Path | None = None,
-    registry: Any = None,
-    reporter: Reporter | None = None,
-    execution: Execution | None = None,
-    chunk_episodes: int = 25,
-    shifts: Sequence[tuple[str, int]] | None = None,
-    attacks: Sequence[Any] | None = None,
-    sanity: bool = True,
-    sanity_episodes: int = 10,
-    on: str = "test",
-    shard: tuple[int, int] | None = None,
-    replace: bool = False,
-) -> dict[str, Any] | None:
-    """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
+@dataclass
+class _Plan:
+    """Everything an evaluation needs before it runs a chunk (built by :func:`_prepare`)."""
 
-    A finished ``out`` of the same evaluation (same ``run_key``) is returned as it is,
-    without recomputing; one of another evaluation is an error unless ``replace``.
+    registry: Any
+    suite: Suite
+    algo: Any
+    params: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    ckpt_ref: dict[str, Any]
+    manifest: Any
+    split: Any
+    dataset: Any
+    dev: torch.device
+    ex: Execution
+    transfer: dict[str, Any] | None
+    group_names: list[str] | None
+    class_group: torch.Tensor | None
+    scenarios: list[tuple[str, Any, int]]
+    attack_cells: list[tuple[str, Any, Any]]
+    ensembles: dict[str, list[str]]
+    names: list[str]
+    key: str
+    chunk_episodes: int
+    attack_seeds: str
+    victim: Any = None
+    timing: dict[str, float] = field(default_factory=lambda: {"episodes": 0.0, "shifts": 0.0, "predict": 0.0,
+                                                               "attacks": 0.0})
 
-    :param algorithm: the algorithm id; must match the checkpoint's (``None``: take it
-        from the checkpoint).
-    :param suite: suite id or :class:`Suite`.
-    :param checkpoint: a file written by :func:`bench.train`.
-    :param out: where to write the result entry JSON (per-episode results go next to
-        it as ``*.episodes.csv``); ``None`` writes nothing and cannot resume.
-    :param n_episodes: evaluate only the first ``n`` of the suite's episodes.
-    :param options: overrides of the checkpoint's algorithm options (e.g. test-time
-        inner steps); recorded in the entry.
-    :param shifts: ``(shift id, severity)`` scenarios evaluated next to ``clean`` on the
-        same episodes; scenario ``<id>@<severity>`` in the entry. Each episode is shifted
-        with its own generator seeded from (suite seed, scenario, episode), so results do
-        not depend on chunking or on which other scenarios run.
-    :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
-        target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
-        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` counts
-        a query robust only if every one of them fails on it. Each chunk of episodes is
-        attacked with a generator seeded from (suite seed, scenario, chunk), so results
-        are reproducible for a given ``chunk_episodes`` (recorded in the entry).
-    :param sanity: run the attack-strength sanity checks (:func:`bench.attacks.sanity_checks`)
-        on the first ``sanity_episodes`` episodes for every attacked target; a failed
-        check marks the entry ``unreliable`` with the reasons in ``footnote``.
-    The entry's ``timing_s`` splits the time this call spent on its episodes into
-    gathering them, applying shifts, predicting (clean and shifted) and attacking; a
-    resumed evaluation counts only what it computed itself.
+    @property
+    def n_episodes(self) -> int:
+        return self.manifest.n_episodes
 
-    :param on: ``test`` (the suite's episodes) or ``train``: the same number of episodes
-        of the suite's spec drawn from the meta-training classes, to measure the
-        meta-train vs meta-test gap (recorded as a ``split`` transfer; not a
-        leaderboard entry).
-    :param shard: ``(K, N)``: compute only chunk ``c`` of the fixed chunk grid (episodes
-        ``c * chunk_episodes`` onwards) where ``c % N == K``, appending to the partial
-        file that N processes started with the same arguments share. Results equal an
-        unsharded run's. The shard that finds every episode done when it finishes writes
-        the entry; the others return ``None``.
+    def chunks(self) -> list[list[int]]:
+        """The fixed grid of episode indices (resume, shards and per-chunk seeds)."""
+        E = self.n_episodes
+        return [list(range(c, min(E, c + self.chunk_episodes))) for c in range(0, E, self.chunk_episodes)]
 
-    The entry also carries, where they apply: ``summary.corruptions`` (mean accuracy
-    over the image-corruption scenarios, per severity and per corruption, and the
-    relative degradation against clean), ``breakdown`` (clean accuracy per class
-    group, e.g. Omniglot alphabet) and ``transfer`` (the checkpoint was meta-trained
-    for another way/shot, domain or class split than the episodes it is evaluated on).
-    """
+
+def _prepare(algorithm: str | None, suite: str | Suite, checkpoint: Any, *, n_episodes: int | None,
+             options: Mapping[str, Any] | None, device: str, data_root: str | Path | None, registry: Any,
+             execution: Execution | None, chunk_episodes: int, shifts: Sequence[tuple[str, int]] | None,
+             attacks: Sequence[Any] | None, on: str, attack_seeds: str) -> _Plan:
     from bench.plugins import get_registry
     from bench.suites import suite_manifest
+    from bench.zoo import load_checkpoint
 
     registry = registry or get_registry()
     suite = get_suite(suite) if isinstance(suite, str) else suite
-    reporter = reporter or NullReporter()
     dev = pick_device(device)
     ex = execution or plan(dev)
-    started = time.perf_counter()
+    if attack_seeds not in ("episode", "chunk"):
+        raise ValueError(f"attack_seeds must be 'episode' or 'chunk', got {attack_seeds!r}")
 
-    params, meta, ckpt_sha = load_final(Path(checkpoint))
+    params, meta, ckpt_ref = load_checkpoint(checkpoint)
     trained_id = meta["algorithm"]["id"]
     if algorithm is not None and algorithm != trained_id:
         raise MrbenchError(f"Checkpoint {checkpoint} was trained for {trained_id!r}, not {algorithm!r}.",
@@ -189,7 +165,6 @@ def evaluate(
     manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes, on=on)
     split = split.to(dev)
     spec = manifest.spec
-    transfer = _transfer(meta, suite, dataset, registry, on)
     group_names = sorted(set(split.groups)) if split.groups else None
     class_group = (torch.tensor([group_names.index(g) for g in split.groups], device=dev)
                    if group_names else None)
@@ -217,16 +192,172 @@ def evaluate(
     names = [name for name, _, _ in scenarios] + [name for name, _, _ in attack_cells] + list(ensembles)
     if len(set(names)) != len(names):
         raise MrbenchError(f"A scenario is listed twice: {', '.join(names)}.", "List each shift and severity once.")
-    key = digest({"ckpt": ckpt_sha, "manifest": manifest.sha256(), "options": algo.options.model_dump(mode="json"),
-                  "revision": split.revision, "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None],
+    chunk = chunk_episodes if attack_cells else None
+    key = digest({"ckpt": ckpt_ref["weights_sha256"], "manifest": manifest.sha256(),
+                  "options": algo.options.model_dump(mode="json"), "revision": split.revision,
+                  "shifts": [[n, s.version] for n, s, _ in scenarios if s is not None],
                   "attacks": [[n, a.version, a.options.model_dump(mode="json")] for n, _, a in attack_cells],
-                  "chunk": chunk_episodes if attack_cells else None, "on": on})
-    run_key = digest([key, sanity_episodes if attack_cells and sanity else None])
+                  "chunk": chunk if attack_seeds == "chunk" else None, "seeds": attack_seeds if attack_cells else None,
+                  "on": on})
+    victim = Victim(algo, params, spec.n_way, ex) if attack_cells else None
+    return _Plan(registry, suite, algo, params, meta, ckpt_ref, manifest, split, dataset, dev, ex,
+                 _transfer(meta, suite, dataset, registry, on), group_names, class_group, scenarios, attack_cells,
+                 ensembles, names, key, chunk_episodes, attack_seeds, victim)
+
+
+def _seeded(*key: Any) -> torch.Generator:
+    """A CPU generator seeded from a digest of ``key`` (attack and shift seeds)."""
+    return torch.Generator().manual_seed(int(digest(list(key)), 16) & ((1 << 63) - 1))
+
+
+def _attack(pl: _Plan, name: str, sc: Any, atk: Any, clean: Any, ids: list[int]) -> torch.Tensor:
+    """Per-query correctness ``[E, Q]`` of one attack scenario on a chunk of episodes."""
+    if pl.attack_seeds == "chunk":  # schema 2 entries: one generator for the whole chunk
+        g = _seeded(pl.suite.seed, name, ids[0], len(ids))
+        return run_attack(atk, pl.victim, clean, sc.eps, sc.target, g)
+    # One generator per episode: an episode's result does not depend on the chunk it is
+    # computed in, so any episode can be re-run alone (``mrbench verify``).
+    return torch.cat([run_attack(atk, pl.victim, clean[j : j + 1], sc.eps, sc.target, _seeded(pl.suite.seed, name, e))
+                      for j, e in enumerate(ids)])
+
+
+def _run_chunk(pl: _Plan, ids: list[int], done: Mapping[tuple[str, int], tuple[int, int]],
+               tick: Any) -> tuple[list[tuple[str, int, int, int]], dict[int, list[list[int]]]]:
+    """Every scenario not yet in ``done`` on the episodes ``ids`` (one chunk of the grid):
+    ``(scenario, episode, correct, total)`` rows and clean counts per class group."""
+    spec = pl.manifest.spec
+    t0 = tick()
+    clean = gather(pl.split, pl.manifest[torch.tensor(ids)].to(pl.dev))
+    pl.timing["episodes"] += tick() - t0
+    results: list[tuple[str, int, int, int]] = []
+    groups: dict[int, list[list[int]]] = {}
+    for name, shift, severity in pl.scenarios:
+        t0 = tick()
+        episodes = clean if shift is None else _shifted(shift, severity, clean, ids, pl.suite.seed, name)
+        t1 = tick()
+        pl.timing["shifts"] += t1 - t0
+        logits = predict_episodes(pl.algo, pl.params, episodes, spec.n_way, pl.ex)
+        if logits.shape[-1] != spec.n_way:
+            raise MrbenchError(
+                f"{pl.algo.id} predicts {logits.shape[-1]} classes, but the episodes of {pl.suite.ref} are "
+                f"{spec.n_way}-way: its checkpoint fixes the number of ways.",
+                "Evaluate it on a suite with the way it was trained for, or train it for this suite.")
+        hits = logits.argmax(-1) == episodes.y_query
+        correct = hits.sum(-1).tolist()
+        pl.timing["predict"] += tick() - t1
+        total = int(episodes.y_query.shape[-1])
+        results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
+        if shift is None and pl.class_group is not None:
+            groups = _group_counts(hits, pl.manifest.classes[torch.tensor(ids)].to(pl.dev), episodes.y_query,
+                                   pl.class_group, len(pl.group_names), ids)
+    robust: dict[str, torch.Tensor] = {}
+    t0 = tick()
+    in_ensemble = {m for members in pl.ensembles.values() for m in members}
+    for name, sc, atk in pl.attack_cells:
+        if all((name, e) in done for e in ids) and name not in in_ensemble:
+            continue
+        robust[name] = _attack(pl, name, sc, atk, clean, ids)
+    for ens, members in pl.ensembles.items():
+        robust[ens] = torch.stack([robust[m] for m in members]).all(0)
+    pl.timing["attacks"] += tick() - t0
+    total = int(clean.y_query.shape[-1])
+    for name, ok in robust.items():
+        results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
+    return results, groups
+
+
+def _ticker(dev: torch.device) -> Any:
+    def tick() -> float:  # a timer that waits for queued CUDA work (one sync per stage, not per op)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter()
+
+    return tick
+
+
+def evaluate(
+    algorithm: str | None,
+    suite: str | Suite,
+    checkpoint: str | Path,
+    *,
+    out: str | Path | None = None,
+    n_episodes: int | None = None,
+    options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    data_root: str | Path | None = None,
+    registry: Any = None,
+    reporter: Reporter | None = None,
+    execution: Execution | None = None,
+    chunk_episodes: int = 25,
+    shifts: Sequence[tuple[str, int]] | None = None,
+    attacks: Sequence[Any] | None = None,
+    sanity: bool = True,
+    sanity_episodes: int = 10,
+    on: str = "test",
+    shard: tuple[int, int] | None = None,
+    replace: bool = False,
+    attack_seeds: str = "episode",
+) -> dict[str, Any] | None:
+    """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
+
+    A finished ``out`` of the same evaluation (same ``run_key``) is returned as it is,
+    without recomputing; one of another evaluation is an error unless ``replace``.
+
+    :param algorithm: the algorithm id; must match the checkpoint's (``None``: take it
+        from the checkpoint).
+    :param suite: suite id or :class:`Suite`.
+    :param checkpoint: a file written by :func:`bench.train`, or a zoo checkpoint
+        (``zoo:<weights digest or prefix>``, see :mod:`bench.zoo`).
+    :param out: where to write the result entry JSON (per-episode results go next to
+        it as ``*.episodes.csv``); ``None`` writes nothing and cannot resume.
+    :param n_episodes: evaluate only the first ``n`` of the suite's episodes.
+    :param options: overrides of the checkpoint's algorithm options (e.g. test-time
+        inner steps); recorded in the entry.
+    :param chunk_episodes: episodes computed together and saved at once (the resume and
+        shard grid).
+    :param shifts: ``(shift id, severity)`` scenarios evaluated next to ``clean`` on the
+        same episodes; scenario ``<id>@<severity>`` in the entry. Each episode is shifted
+        with its own generator seeded from (suite seed, scenario, episode), so results do
+        not depend on chunking or on which other scenarios run.
+    :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
+        target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
+        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` counts
+        a query robust only if every one of them fails on it.
+    :param attack_seeds: ``episode`` (default): each episode is attacked with its own
+        generator seeded from (suite seed, scenario, episode), so results do not depend
+        on chunking and any episode can be re-run alone; ``chunk``: one generator per
+        chunk (how schema 2 entries were computed; for re-checking them).
+    :param sanity: run the attack-strength sanity checks (:func:`bench.attacks.sanity_checks`)
+        on the first ``sanity_episodes`` episodes for every attacked target; a failed
+        check marks the entry ``unreliable`` with the reasons in ``footnote``.
+    :param on: ``test`` (the suite's episodes) or ``train``: the same number of episodes
+        of the suite's spec drawn from the meta-training classes, to measure the
+        meta-train vs meta-test gap (recorded as a ``split`` transfer; not a
+        leaderboard entry).
+    :param shard: ``(K, N)``: compute only chunk ``c`` of the fixed chunk grid where
+        ``c % N == K``, appending to the partial file that N processes started with the
+        same arguments share. Results equal an unsharded run's. The shard that finds every
+        episode done when it finishes writes the entry; the others return ``None``.
+
+    The entry's ``timing_s`` splits the time this call spent on its episodes into
+    gathering them, applying shifts, predicting (clean and shifted) and attacking; a
+    resumed evaluation counts only what it computed itself. It also carries, where
+    they apply: ``summary.corruptions`` (mean accuracy over the image-corruption
+    scenarios, per severity and per corruption, and the relative degradation against
+    clean), ``breakdown`` (clean accuracy per class group, e.g. Omniglot alphabet) and
+    ``transfer`` (the checkpoint was meta-trained for another way/shot, domain or class
+    split than the episodes it is evaluated on).
+    """
+    reporter = reporter or NullReporter()
+    started = time.perf_counter()
+    pl = _prepare(algorithm, suite, checkpoint, n_episodes=n_episodes, options=options, device=device,
+                  data_root=data_root, registry=registry, execution=execution, chunk_episodes=chunk_episodes,
+                  shifts=shifts, attacks=attacks, on=on, attack_seeds=attack_seeds)
+    run_key = digest([pl.key, sanity_episodes if pl.attack_cells and sanity else None])
     if out is not None and Path(out).exists():
         finished = _finished(Path(out), run_key, replace)
         if finished is not None:
             return finished
-    victim = Victim(algo, params, spec.n_way, ex) if attack_cells else None
 
     done: dict[tuple[str, int], tuple[int, int]] = {}
     by_group: dict[int, list[list[int]]] = {}  # episode -> [[correct, total] per group] (clean)
@@ -235,75 +366,31 @@ def evaluate(
         raise MrbenchError("A sharded evaluation needs --out: the shards share its partial file.",
                            "Pass the same --out to every shard.")
     if partial is not None and partial.exists():
-        saved = _read_partial(partial, key)
+        saved = _read_partial(partial, pl.key)
         if saved is None:
             partial.unlink()
         else:
             done, by_group = saved
     if partial is not None and not partial.exists():
         partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": key}) + "\n")
+        partial.write_text(json.dumps({"key": pl.key}) + "\n")
 
-    E = manifest.n_episodes
-    if transfer is not None and "way" in transfer["kinds"]:
-        _probe_way(algo, params, gather(split, manifest[:1].to(dev)), spec.n_way, ex, suite, meta)
-    # Chunks on a fixed grid of episode indices: attack seeds depend on the chunk, so a
-    # resumed or sharded run attacks exactly what an uninterrupted one does.
-    chunks = [list(range(c, min(E, c + chunk_episodes))) for c in range(0, E, chunk_episodes)]
+    E, names = pl.n_episodes, pl.names
+    if pl.transfer is not None and "way" in pl.transfer["kinds"]:
+        _probe_way(pl.algo, pl.params, gather(pl.split, pl.manifest[:1].to(pl.dev)), pl.manifest.spec.n_way, pl.ex,
+                   pl.suite, pl.meta)
+    chunks = pl.chunks()
     if shard is not None:
         chunks = chunks[shard[0] :: shard[1]]
     mine = sum(len(ids) for ids in chunks)
-    chunks = [[e for e in ids if any((n, e) not in done for n in names)] for ids in chunks]
-    chunks = [ids for ids in chunks if ids]
-    reporter.start(mine, f"evaluate {algo.id} on {suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
-                   completed=mine - sum(len(ids) for ids in chunks))
-    timing = {"episodes": 0.0, "shifts": 0.0, "predict": 0.0, "attacks": 0.0}
-
-    def tick() -> float:  # a timer that waits for queued CUDA work (one sync per stage, not per op)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter()
-
+    todo = [ids for ids in chunks if any((n, e) not in done for n in names for e in ids)]
+    reporter.start(mine, f"evaluate {pl.algo.id} on {pl.suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
+                   completed=mine - sum(len(ids) for ids in todo))
+    tick = _ticker(pl.dev)
     with sigterm_as_interrupt():
         try:
-            for ids in chunks:
-                t0 = tick()
-                clean = gather(split, manifest[torch.tensor(ids)].to(dev))
-                timing["episodes"] += tick() - t0
-                results = []
-                groups: dict[int, list[list[int]]] = {}
-                for name, shift, severity in scenarios:
-                    t0 = tick()
-                    episodes = clean if shift is None else _shifted(shift, severity, clean, ids, suite.seed, name)
-                    t1 = tick()
-                    timing["shifts"] += t1 - t0
-                    logits = predict_episodes(algo, params, episodes, spec.n_way, ex)
-                    if logits.shape[-1] != spec.n_way:
-                        raise MrbenchError(
-                            f"{algo.id} predicts {logits.shape[-1]} classes, but the episodes of {suite.ref} are "
-                            f"{spec.n_way}-way: its checkpoint fixes the number of ways.",
-                            "Evaluate it on a suite with the way it was trained for, or train it for this suite.")
-                    hits = logits.argmax(-1) == episodes.y_query
-                    correct = hits.sum(-1).tolist()
-                    timing["predict"] += tick() - t1
-                    total = int(episodes.y_query.shape[-1])
-                    results += [(name, e, int(c), total) for e, c in zip(ids, correct) if (name, e) not in done]
-                    if shift is None and class_group is not None:
-                        groups = _group_counts(hits, manifest.classes[torch.tensor(ids)].to(dev), episodes.y_query,
-                                               class_group, len(group_names), ids)
-                robust: dict[str, torch.Tensor] = {}
-                t0 = tick()
-                for name, sc, atk in attack_cells:
-                    if all((name, e) in done for e in ids) and not any(name in m for m in ensembles.values()):
-                        continue
-                    g = torch.Generator().manual_seed(int(digest([suite.seed, name, ids[0], len(ids)]), 16) & ((1 << 63) - 1))
-                    robust[name] = run_attack(atk, victim, clean, sc.eps, sc.target, g)
-                for ens, members in ensembles.items():
-                    robust[ens] = torch.stack([robust[m] for m in members]).all(0)
-                timing["attacks"] += tick() - t0
-                total = int(clean.y_query.shape[-1])
-                for name, ok in robust.items():
-                    results += [(name, e, int(c), total) for e, c in zip(ids, ok.sum(-1).tolist()) if (name, e) not in done]
+            for ids in todo:
+                results, groups = _run_chunk(pl, ids, done, tick)
                 if partial is not None:  # on disk first, so a count we report as saved is saved
                     _append(partial, "".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}
                                                         | ({"groups": groups[e]} if n == "clean" and e in groups else {}))
@@ -321,7 +408,7 @@ def evaluate(
     if shard is not None:  # the other shards' episodes, saved since this one started
         if not partial.exists():  # another shard found everything done and wrote the entry
             return None
-        saved = _read_partial(partial, key)
+        saved = _read_partial(partial, pl.key)
         if saved is None:
             raise MrbenchError(f"{partial} was restarted with other settings while shard {shard[0]}/{shard[1]} ran.",
                                "Start every shard with the same arguments.")
@@ -332,31 +419,66 @@ def evaluate(
 
     checks: dict[str, Any] = {}
     failures: list[str] = []
-    if attack_cells and sanity:
-        checks, failures = _sanity(registry, victim, split, manifest, dev, attack_cells, done, names, E,
-                                   sanity_episodes, suite.seed)
+    if pl.attack_cells and sanity:
+        checks, failures = _sanity(pl.registry, pl.victim, pl.split, pl.manifest, pl.dev,
+                                   pl.attack_cells, done, names, E, sanity_episodes, pl.suite.seed)
+    entry = _build_entry(pl, done, by_group, checks, failures, run_key, sanity_episodes if pl.attack_cells and sanity
+                         else None, on, time.perf_counter() - started)
+    if out is not None:
+        _write(Path(out), entry, pl, done)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+    return entry
 
+
+def _scenario_info(pl: _Plan) -> dict[str, Any]:
+    """Every non-clean scenario as data (schema ``scenarios``)."""
+    out: dict[str, Any] = {}
+
+    def provider(component: Any) -> dict[str, Any]:
+        prov = getattr(type(component), "provenance", None)
+        return {"provider": prov.distribution, "provider_version": prov.version} if prov else {}
+
+    for name, shift, severity in pl.scenarios:
+        if shift is not None:
+            out[name] = {"kind": "shift", "id": shift.id, "version": shift.version, "severity": severity,
+                         **provider(shift)}
+    for name, sc, atk in pl.attack_cells:
+        out[name] = {"kind": "attack", "id": atk.id, "version": atk.version,
+                     "options": atk.options.model_dump(mode="json"), "eps": sc.eps, "norm": atk.norm,
+                     "target": sc.target, **provider(atk)}
+    for ens, members in pl.ensembles.items():
+        _, sc, _ = next(c for c in pl.attack_cells if c[0] == members[0])
+        out[ens] = {"kind": "ensemble", "id": "ensemble", "eps": sc.eps, "target": sc.target, "members": members}
+    return out
+
+
+def _build_entry(pl: _Plan, done: Mapping[tuple[str, int], tuple[int, int]], by_group: Mapping[int, Any],
+                 checks: dict[str, Any], failures: list[str], run_key: str, sanity_episodes: int | None, on: str,
+                 wall: float) -> dict[str, Any]:
+    E, spec, suite = pl.n_episodes, pl.manifest.spec, pl.suite
     metrics: dict[str, Any] = {}
-    for name in names:
+    for name in pl.names:
         acc, ci = mean_ci95([done[(name, e)][0] / done[(name, e)][1] for e in range(E)])
         metrics[name] = {"accuracy": acc, "ci95": ci, "n_episodes": E,
                          "n_queries": sum(done[(name, e)][1] for e in range(E))}
-    summary = _corruption_summary(scenarios, done, E)
+    summary = _corruption_summary(pl.scenarios, done, E)
     breakdown = None
-    if group_names and all(e in by_group for e in range(E)):
+    if pl.group_names and all(e in by_group for e in range(E)):
         sums = torch.tensor([by_group[e] for e in range(E)]).sum(0).tolist()
-        breakdown = {"by": getattr(dataset, "group_kind", "group"), "scenario": "clean",
-                     "groups": {g: {"accuracy": c / t, "n_queries": t} for g, (c, t) in zip(group_names, sums) if t}}
+        breakdown = {"by": getattr(pl.dataset, "group_kind", "group"), "scenario": "clean",
+                     "groups": {g: {"accuracy": c / t, "n_queries": t} for g, (c, t) in zip(pl.group_names, sums) if t}}
+    meta = pl.meta
     entry = {
         "schema_version": SCHEMA_VERSION,
         "kind": "mrbench-result",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"id": suite.id, "version": suite.version, "manifest_sha256": manifest.sha256(),
+        "suite": {"id": suite.id, "version": suite.version, "manifest_sha256": pl.manifest.sha256(),
                   "n_episodes": E, "spec": {"n_way": spec.n_way, "k_shot": spec.k_shot, "n_query": spec.n_query}},
-        "dataset": {"id": dataset.id, "options": dataset.options.model_dump(mode="json"),
-                    "split": (suite.test if on == "test" else suite.train).split, "revision": split.revision},
-        "algorithm": {**algo.describe(), "transductive": bool(algo.transductive), "bn_policy": algo.bn_policy},
-        "checkpoint": {"sha256": ckpt_sha, "file": Path(checkpoint).name},
+        "dataset": {"id": pl.dataset.id, "options": pl.dataset.options.model_dump(mode="json"),
+                    "split": (suite.test if on == "test" else suite.train).split, "revision": pl.split.revision},
+        "algorithm": {**pl.algo.describe(), "transductive": bool(pl.algo.transductive), "bn_policy": pl.algo.bn_policy},
+        "checkpoint": dict(pl.ckpt_ref),
         "training": {k: meta.get(k) for k in ("suite", "train_data", "train_spec", "steps", "seed", "meta_batch", "lr",
                                                "lr_decay_every", "lr_decay", "episodes_seen", "wall_time_s",
                                                "adversarial")}
@@ -364,39 +486,74 @@ def evaluate(
         "metrics": metrics,
         "sanity": checks,
         "unreliable": bool(failures),
-        "environment": environment(dev),
-        "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
-        "wall_time_s": round(time.perf_counter() - started, 2),
-        "timing_s": {k: round(v, 3) for k, v in timing.items()},
-        "peak_memory_bytes": peak_memory_bytes(dev),
+        "environment": environment(pl.dev),
+        "execution": {"strategy": pl.ex.strategy, "chunk": pl.ex.chunk, "channels_last": pl.ex.channels_last},
+        "evaluation": {"attack_seeds": pl.attack_seeds, "chunk_episodes": pl.chunk_episodes}
+        | ({"sanity_episodes": sanity_episodes} if sanity_episodes is not None else {}),
+        "wall_time_s": round(wall, 2),
+        "timing_s": {k: round(v, 3) for k, v in pl.timing.items()},
+        "peak_memory_bytes": peak_memory_bytes(pl.dev),
         "episodes_file": None,
         "run_key": run_key,
     }
+    scenarios = _scenario_info(pl)
+    if scenarios:
+        entry["scenarios"] = scenarios
     if summary is not None:
         entry["summary"] = {"corruptions": summary}
     if breakdown is not None:
         entry["breakdown"] = breakdown
-    if transfer is not None:
-        entry["transfer"] = transfer
+    if pl.transfer is not None:
+        entry["transfer"] = pl.transfer
     if failures:
         entry["footnote"] = "Attack-strength sanity checks failed: " + "; ".join(failures) + "."
-    if out is not None:
-        out = Path(out)
-        ep_path = episodes_path(out)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
-        for name in names:
-            for e in range(E):
-                c, t = done[(name, e)]
-                w.writerow([e, name, c, t, repr(c / t)])
-        atomic_write_text(ep_path, buf.getvalue())
-        entry["episodes_file"] = ep_path.name
-        atomic_write_text(out, json.dumps(entry, indent=2) + "\n")
-        if partial is not None:
-            partial.unlink(missing_ok=True)
     return entry
 
+
+def _write(out: Path, entry: dict[str, Any], pl: _Plan, done: Mapping[tuple[str, int], tuple[int, int]]) -> None:
+    """Write the per-episode file, then the entry (which names it)."""
+    ep_path = episodes_path(out)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
+    for name in pl.names:
+        for e in range(pl.n_episodes):
+            c, t = done[(name, e)]
+            w.writerow([e, name, c, t, repr(c / t)])
+    atomic_write_text(ep_path, buf.getvalue())
+    entry["episodes_file"] = ep_path.name
+    atomic_write_text(out, json.dumps(entry, indent=2) + "\n")
+
+
+def recompute(algorithm: str | None, suite: str | Suite, checkpoint: Any, episodes: Sequence[int], *,
+              n_episodes: int | None = None, options: Mapping[str, Any] | None = None,
+              shifts: Sequence[tuple[str, int]] | None = None, attacks: Sequence[Any] | None = None,
+              chunk_episodes: int = 25, attack_seeds: str = "episode", device: str = "auto",
+              data_root: str | Path | None = None, registry: Any = None, execution: Execution | None = None,
+              on: str = "test") -> dict[tuple[str, int], tuple[int, int]]:
+    """Re-run the given episodes of an evaluation: ``(scenario, episode) -> (correct, total)``.
+
+    The arguments are those of :func:`evaluate` (the episode grid, seeds and scenarios of
+    the evaluation being re-checked). With per-episode attack seeds only the given
+    episodes are computed; with per-chunk seeds (schema 2 entries) every chunk that holds
+    one of them is re-run whole, since its attacks drew from one generator.
+    """
+    pl = _prepare(algorithm, suite, checkpoint, n_episodes=n_episodes, options=options, device=device,
+                  data_root=data_root, registry=registry, execution=execution, chunk_episodes=chunk_episodes,
+                  shifts=shifts, attacks=attacks, on=on, attack_seeds=attack_seeds)
+    wanted = sorted(set(int(e) for e in episodes))
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < pl.n_episodes:
+        raise MrbenchError(f"Episodes {wanted[0]}..{wanted[-1]} are outside 0..{pl.n_episodes - 1}.")
+    if attack_seeds == "episode" or not pl.attack_cells:
+        chunks = [[e] for e in wanted]
+    else:
+        chunks = [ids for ids in pl.chunks() if any(e in ids for e in wanted)]
+    done: dict[tuple[str, int], tuple[int, int]] = {}
+    tick = _ticker(pl.dev)
+    for ids in chunks:
+        results, _ = _run_chunk(pl, ids, done, tick)
+        done.update(((n, e), (c, t)) for n, e, c, t in results)
+    return {k: v for k, v in done.items() if k[1] in wanted}
 
 
 def _finished(out: Path, run_key: str, replace: bool = False) -> dict[str, Any] | None:
@@ -508,8 +665,7 @@ def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, s
 
     out = []
     for j, e in enumerate(ids):
-        g = torch.Generator().manual_seed(int(digest([seed, scenario, e]), 16) & ((1 << 63) - 1))
-        out.append(shift.apply(clean[j], severity, g))
+        out.append(shift.apply(clean[j], severity, _seeded(seed, scenario, e)))
     return Episode(*(torch.stack(ts) for ts in zip(*(ep.tensors() for ep in out))))
 
 

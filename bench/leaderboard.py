@@ -68,7 +68,7 @@ SECTIONS = (("non-transductive", False), ("transductive", True))
 CSV_COLUMNS = (
     "section", "rank", "algorithm", "algorithm_version", "distribution", "distribution_version", "transductive",
     "clean_accuracy_pct", "ci95_pct", "n_episodes", "p_vs_above", "reported_clean_pct", "reported_source",
-    "unreliable", "footnote", "checkpoint_sha256", "entry",
+    "unreliable", "footnote", "weights_sha256", "entry",
 )
 _ABS_TOL = 1e-12  # evaluate() writes exact floats (repr), so a recomputed mean agrees to the last bit
 _VERSION_DIR = re.compile(r"^v(\d+)$")
@@ -84,12 +84,21 @@ class Entry:
     :param entry: its validated content.
     :param episodes: scenario -> per-episode accuracies in episode order (live entries only).
     :param superseded_by: file name of the entry that corrects this one, if any.
+    :param weights: the weights digest of its checkpoint, resolved through the zoo for
+        entries that name only the checkpoint file (``None``: not in the zoo).
     """
 
     path: Path
     entry: ResultEntry
     episodes: dict[str, list[float]] = field(default_factory=dict)
     superseded_by: str | None = None
+    weights: str | None = None
+
+    @property
+    def model(self) -> tuple:
+        """What makes two entries the same model: weights, algorithm id and options."""
+        return (self.weights or self.entry.checkpoint.sha256, self.entry.algorithm.id,
+                json.dumps(self.entry.algorithm.options, sort_keys=True))
 
     @property
     def name(self) -> str:
@@ -110,8 +119,21 @@ class Board:
 
     @property
     def ranked(self) -> list[Entry]:
-        """Live entries on all the suite's episodes: the ones ranked."""
-        return [e for e in self.live if not is_ensemble_entry(e.entry, self.suite)]
+        """One live entry per model (weights, algorithm, options): its first full-suite entry
+        (by creation time, then file name). These are the rows."""
+        rows: dict[tuple, Entry] = {}
+        for e in sorted(self.live, key=lambda e: (e.entry.created, e.name)):
+            if not is_ensemble_entry(e.entry, self.suite):
+                rows.setdefault(e.model, e)
+        return sorted(rows.values(), key=lambda e: e.name)
+
+    @property
+    def supplements(self) -> list[Entry]:
+        """The other live entries: ensemble-subset runs and further evaluations of a ranked
+        model (external evaluations: another attack run on a published model). Their
+        scenarios show in their model's row."""
+        rows = {id(e) for e in self.ranked}
+        return [e for e in self.live if id(e) not in rows]
 
     @property
     def ensemble_entries(self) -> list[Entry]:
@@ -381,18 +403,16 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
 
     superseded_by: dict[str, str] = {}
     for name, (path, entry) in raw_entries.items():
-        target = entry.supersedes
-        if target is None:
-            continue
-        if target == name:
-            problems.add(path, "supersedes", "names the entry itself")
-        elif not (folder / "entries" / target).is_file():
-            problems.add(path, "supersedes", f"{target} does not exist in {_display(folder / 'entries')}")
-        elif target in superseded_by:
-            problems.add(path, "supersedes", f"{target} is already superseded by {superseded_by[target]}; "
-                         "supersede the latest correction instead")
-        else:
-            superseded_by[target] = name
+        for target in entry.superseded:
+            if target == name:
+                problems.add(path, "supersedes", "names the entry itself")
+            elif not (folder / "entries" / target).is_file():
+                problems.add(path, "supersedes", f"{target} does not exist in {_display(folder / 'entries')}")
+            elif target in superseded_by:
+                problems.add(path, "supersedes", f"{target} is already superseded by {superseded_by[target]}; "
+                             "supersede the latest correction instead")
+            else:
+                superseded_by[target] = name
     for start in sorted(superseded_by):
         seen, cur = {start}, superseded_by[start]
         while cur in superseded_by:
@@ -405,24 +425,52 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
     entries = []
     for name, (path, entry) in raw_entries.items():
         episodes: dict[str, list[float]] = {}
+        weights = entry.checkpoint.weights_sha256
         if name not in superseded_by:
             _check_against_suite(entry, suite, path, problems)
             episodes = _check_against_episodes(entry, path, problems)
-        entries.append(Entry(path, entry, episodes, superseded_by.get(name)))
+            weights = _zoo_weights(entry, path, problems)
+        entries.append(Entry(path, entry, episodes, superseded_by.get(name), weights))
     board = Board(folder, suite, tuple(entries))
-    full = board.ranked
-    for e in board.ensemble_entries:
-        if not any(_same_model(f.entry, e.entry) for f in full):
-            problems.add(e.path, "checkpoint", f"{e.entry.checkpoint.sha256[:12]} ({e.entry.algorithm.id}): an entry "
-                         "on the ensemble subset supplements a full-suite entry of the same checkpoint and algorithm "
-                         "options, and none is published; publish its clean (or attack) evaluation on all "
-                         f"{suite.n_episodes} episodes first")
+    _check_supplements(board, problems)
     return board
 
 
-def _same_model(a: ResultEntry, b: ResultEntry) -> bool:
-    return (a.checkpoint.sha256, a.algorithm.id, a.algorithm.options) == (
-        b.checkpoint.sha256, b.algorithm.id, b.algorithm.options)
+def _zoo_weights(entry: ResultEntry, path: Path, problems: _Problems) -> str | None:
+    """The weights digest of a live entry's checkpoint, which must be in the zoo (a number
+    whose model is lost cannot be re-checked)."""
+    from bench.zoo import entry_checkpoint
+
+    try:
+        return entry_checkpoint(entry).weights_sha256
+    except MrbenchError:
+        ck = entry.checkpoint
+        problems.add(path, "checkpoint", f"{(ck.weights_sha256 or ck.sha256 or '?')[:12]} ({entry.algorithm.id}) is "
+                     "not in the checkpoint zoo; publish it (`mrbench zoo publish CKPT.pt`), or supersede the entry "
+                     "with one re-created from a published checkpoint")
+        return None
+
+
+def _check_supplements(board: Board, problems: _Problems) -> None:
+    """Entries that supplement a model's row: an ensemble-subset entry needs a full-suite
+    entry of its model, and every supplement's clean results must equal the row's episode
+    by episode (the same model on the same episodes)."""
+    rows = {e.model: e for e in board.ranked}
+    for e in board.supplements:
+        row = rows.get(e.model)
+        if row is None:
+            ck = e.weights or e.entry.checkpoint.sha256 or "?"
+            problems.add(e.path, "checkpoint", f"{ck[:12]} ({e.entry.algorithm.id}): an entry "
+                         "on the ensemble subset supplements a full-suite entry of the same checkpoint and algorithm "
+                         "options, and none is published; publish its clean (or attack) evaluation on all "
+                         f"{board.suite.n_episodes} episodes first")
+            continue
+        mine, theirs = e.episodes.get("clean", []), row.episodes.get("clean", [])
+        differ = [i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b]
+        if differ:
+            problems.add(e.path, "metrics.clean", f"differs from {row.name} (the same model) on {len(differ)} "
+                         f"episode(s), first {differ[0]}: a supplement must evaluate the same model on the same "
+                         "episodes")
 
 
 def load_boards(root: str | Path | None = None) -> list[Board]:
@@ -447,7 +495,7 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
     :param alpha: significance level of the paired test between adjacent rows.
     """
     rows: list[Row] = []
-    ranked = [_with_ensemble(e, board.ensemble_entries) for e in board.ranked]
+    ranked = [_with_supplements(e, board.supplements) for e in board.ranked]
     for section, transductive in SECTIONS:
         items = sorted((e for e in ranked if e.entry.algorithm.transductive is transductive),
                        key=lambda e: (-e.entry.metrics["clean"].accuracy, e.name))
@@ -467,23 +515,86 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
     return rows
 
 
-def _with_ensemble(e: Entry, ensemble_entries: list[Entry]) -> Entry:
-    """``e`` with the ensemble scenarios of the ensemble-subset entries of its model that
-    it lacks itself, and a footnote naming where they come from."""
-    metrics, notes = dict(e.entry.metrics), []
-    for sup in ensemble_entries:
-        if not _same_model(e.entry, sup.entry):
+def _with_supplements(e: Entry, supplements: list[Entry]) -> Entry:
+    """``e`` with the scenarios of the other entries of its model (ensemble-subset runs,
+    external evaluations) that it lacks itself, their per-episode results, and a footnote
+    naming where they come from."""
+    metrics, episodes, notes = dict(e.entry.metrics), dict(e.episodes), []
+    for sup in supplements:
+        if sup.model != e.model:
             continue
         added = [k for k in sup.entry.metrics if k != "clean" and k not in metrics]
-        if added:
-            metrics.update({k: sup.entry.metrics[k] for k in added})
-            notes.append(f"{', '.join(added)}: the suite's first {sup.entry.suite.n_episodes} episodes "
-                         f"(its ensemble subset), from {sup.name}.")
+        if not added:
+            continue
+        metrics.update({k: sup.entry.metrics[k] for k in added})
+        episodes.update({k: sup.episodes[k] for k in added if k in sup.episodes})
+        n = sup.entry.suite.n_episodes
+        where = (f"the suite's first {n} episodes (its ensemble subset)" if n != e.entry.suite.n_episodes
+                 else f"all {n} episodes")
+        by = _providers(sup.entry, added)
+        notes.append(f"{', '.join(added)}: {where}, from {sup.name}{by}.")
     if not notes:
         return e
     footnote = " ".join(([e.entry.footnote] if e.entry.footnote else []) + notes)
-    return Entry(e.path, e.entry.model_copy(update={"metrics": metrics, "footnote": footnote}), e.episodes,
-                 e.superseded_by)
+    return Entry(e.path, e.entry.model_copy(update={"metrics": metrics, "footnote": footnote}), episodes,
+                 e.superseded_by, e.weights)
+
+
+def _providers(entry: ResultEntry, names: list[str]) -> str:
+    """`` (attack X of distribution D v)`` for the attacks behind ``names`` that the entry describes."""
+    parts = []
+    for name in names:
+        info = (entry.scenarios or {}).get(name)
+        if info is not None and info.kind == "attack" and info.provider:
+            parts.append(f"{info.id} of {info.provider} {info.provider_version or ''}".strip())
+    parts = list(dict.fromkeys(parts))
+    return f" (external evaluation: {', '.join(parts)})" if parts else ""
+
+
+@dataclass(frozen=True)
+class BestKnown:
+    """The lowest accuracy any attack reached on a model at one (eps, target).
+
+    :param accuracy: its mean over the episodes every attack of that cell ran on.
+    :param scenario: the scenario that reached it.
+    :param n_episodes: the number of those episodes (the smallest set: e.g. the ensemble subset).
+    """
+
+    accuracy: float
+    ci95: float
+    scenario: str
+    n_episodes: int
+
+
+def attack_cell(name: str) -> tuple[str, str] | None:
+    """``(eps, target)`` of an attack scenario name ``ATTACK[opts]@EPS:TARGET``, else ``None``."""
+    if ":" not in name or "@" not in name:
+        return None
+    eps_target = name.rsplit("@", 1)[1]
+    eps, _, target = eps_target.rpartition(":")
+    return (eps, target) if eps and target in ("query", "support", "both") else None
+
+
+def best_known(entry: Entry) -> dict[str, BestKnown]:
+    """``"EPS:TARGET" -> BestKnown`` over every attack scenario of ``entry`` (supplements
+    merged, see :func:`_with_supplements`), compared on the episodes they all cover."""
+    from bench.evaluation import mean_ci95
+
+    cells: dict[str, list[str]] = {}
+    for name in entry.entry.metrics:
+        cell = attack_cell(name)
+        if cell is not None and name in entry.episodes:
+            cells.setdefault(f"{cell[0]}:{cell[1]}", []).append(name)
+    out = {}
+    for cell, names in cells.items():
+        n = min(len(entry.episodes[k]) for k in names)
+        scored = []
+        for k in names:
+            acc, ci = mean_ci95(entry.episodes[k][:n])
+            scored.append((acc, k, ci))
+        acc, k, ci = min(scored)
+        out[cell] = BestKnown(acc, ci, k, n)
+    return out
 
 
 def _pct(x: float | None) -> str:
@@ -500,7 +611,7 @@ def _reported(e: Entry):
 
 def render_csv(board: Board, rows: Iterable[Row]) -> str:
     """The table as CSV: one row per live entry, fixed formatting (percentages with two
-    decimals, full checkpoint sha256), no timestamps.
+    decimals, the checkpoint's full weights digest), no timestamps.
 
     :param board: the board.
     :param rows: from :func:`rank`.
@@ -515,7 +626,7 @@ def render_csv(board: Board, rows: Iterable[Row]) -> str:
                     "" if math.isnan(m.ci95) else _pct(m.ci95), m.n_episodes,
                     "" if r.p_vs_above is None else f"{r.p_vs_above:.4g}",
                     _pct(rep.accuracy if rep else None), rep.source if rep else "", str(en.unreliable).lower(),
-                    en.footnote or "", en.checkpoint.sha256, r.entry.name])
+                    en.footnote or "", r.entry.weights or "", r.entry.name])
     return buf.getvalue()
 
 
@@ -601,7 +712,7 @@ def render_markdown(board: Board, rows: list[Row]) -> str:
             dist = " ".join(x for x in (en.algorithm.distribution, en.algorithm.distribution_version) if x) or "-"
             cells = [r.rank, display_name(en), en.algorithm.version, dist, _pct(m.accuracy),
                      "-" if math.isnan(m.ci95) else _pct(m.ci95), str(m.n_episodes), _p(r.p_vs_above),
-                     _pct(rep.accuracy) if rep else "", markers[r.entry.name], f"`{en.checkpoint.sha256[:12]}`",
+                     _pct(rep.accuracy) if rep else "", markers[r.entry.name], f"`{(r.entry.weights or '')[:12]}`",
                      f"[{r.entry.name}](entries/{r.entry.name})"]
             out.append("| " + " | ".join(_md(c) for c in cells) + " |")
     out += _robustness_markdown(board, rows, markers)
@@ -653,26 +764,44 @@ def _robust_cell(board: Board, en: ResultEntry, column: str) -> str:
     return f"{_pct(m.accuracy)}{ci}{part}"
 
 
+def best_known_columns(rows: list[Row]) -> list[str]:
+    """The ``EPS:TARGET`` cells with a best-known robust accuracy in some row, sorted."""
+    return sorted({cell for r in rows for cell in best_known(r.entry)})
+
+
+def best_known_cell(entry: Entry, cell: str) -> str:
+    b = best_known(entry).get(cell)
+    if b is None:
+        return ""
+    ci = "" if math.isnan(b.ci95) else f" ± {_pct(b.ci95)}"
+    attack = b.scenario.rsplit("@", 1)[0]
+    return f"{_pct(b.accuracy)}{ci} ({attack}, {b.n_episodes} ep.)"
+
+
 def _robustness_markdown(board: Board, rows: list[Row], markers: dict[str, str]) -> list[str]:
     """The "Robustness and shifts" section: one row per entry with a non-clean scenario."""
     columns = robust_columns(rows)
     if not columns:
         return []
+    best = best_known_columns(rows)
     out = ["", "## Robustness and shifts", "",
            "Accuracy (%) ± 95% CI under each attack (`ATTACK@EPS:TARGET`; `ensemble`: a query counts only if "
            "every attack of the entry fails) and shift, in the rank order above; a scenario evaluated on fewer "
            "episodes than the suite's says how many. The mean corruption is over the entry's corruption "
-           "scenarios (sc.); table.html has every scenario.", "",
-           "| Rank | Algorithm | Clean acc. (%) | " + " | ".join(f"`{c}`" if c != MEAN_CORRUPTION else c
-                                                      for c in columns) + " | Checkpoint |",
-           "|---:|---|---:|" + "---:|" * len(columns) + "---|"]
+           "scenarios (sc.); table.html has every scenario. \"Best known\" is the lowest accuracy any attack "
+           "evaluated on the model reached at that eps and target (its own entry's, ensemble-subset runs' and "
+           "external evaluations'), compared on the episodes they all cover, and which attack reached it: a robust "
+           "accuracy is an upper bound, only as good as the strongest attack run.", "",
+           "| Rank | Algorithm | Clean acc. (%) | " + "".join(f"Best known `{c}` | " for c in best)
+           + " | ".join(f"`{c}`" if c != MEAN_CORRUPTION else c for c in columns) + " | Checkpoint |",
+           "|---:|---|---:|" + "---:|" * (len(best) + len(columns)) + "---|"]
     for r in rows:
         en = r.entry.entry
         if not set(en.metrics) - {"clean"}:
             continue
         name = display_name(en) + (f" {markers[r.entry.name]}" if markers[r.entry.name] else "")
-        cells = [r.rank, name, _pct(en.metrics["clean"].accuracy)] + [
-            _robust_cell(board, en, c) for c in columns] + [f"`{en.checkpoint.sha256[:12]}`"]
+        cells = ([r.rank, name, _pct(en.metrics["clean"].accuracy)] + [best_known_cell(r.entry, c) for c in best]
+                 + [_robust_cell(board, en, c) for c in columns] + [f"`{(r.entry.weights or '')[:12]}`"])
         out.append("| " + " | ".join(_md(c) for c in cells) + " |")
     return out
 

@@ -193,7 +193,7 @@ def _table(board: Board, rows: list[Row], extra: list[str], markers: dict[str, s
             f'<td class="num" data-value="{m.n_episodes}">{m.n_episodes}</td>',
             f"<td>{_e(dist)}</td>",
             f"<td>{notes}</td>",
-            f'<td><code title="{_e(en.checkpoint.sha256)}">{_e(en.checkpoint.sha256[:12])}</code></td>',
+            f'<td><code title="{_e(r.entry.weights or "")}">{_e((r.entry.weights or "")[:12])}</code></td>',
             f'<td><a href="entries/{_e(quote(r.entry.name))}">{_e(r.entry.name)}</a></td>',
         ]
         out += cells + ["</tr>"]

@@ -35,6 +35,25 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}x{torch.get_num_threads()}threads"
 
 
+def cpu_name() -> str:
+    """The processor model and the kernel capability torch dispatches to on it (e.g.
+    ``Intel(R) Xeon(R) Processor [AVX512]``): together they decide a CPU run's float rounding."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return f"{model} [{capability}]"
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     return {
         "harness_version": bench.__version__,
@@ -43,6 +62,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python_version": sys.version.split()[0],
         "platform": platform.platform(),
         "device": device_name(device),
+        "cpu": cpu_name(),
     }
 
 

@@ -9,7 +9,12 @@ by :func:`migrate`, one registered step per version, before it is validated.
 Besides the measured fields, an entry may carry the leaderboard fields a
 maintainer adds: ``reported`` (published numbers, kept apart from the measured
 ``metrics``), ``unreliable`` with a ``footnote``, and ``supersedes`` (the file
-name of the entry it corrects; entry files are append-only).
+name, or names, of the entries it corrects; entry files are append-only).
+
+Version 3 names the checkpoint by its weights digest (the key of the checkpoint
+zoo, :mod:`bench.zoo`), records how the evaluation drew its attack seeds
+(``evaluation``) and describes every scenario as data (``scenarios``), so that
+``mrbench verify`` can re-run any episode of any scenario from the entry alone.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from bench.errors import MrbenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The version :func:`bench.evaluate` writes (``bench.evaluation.SCHEMA_VERSION``)."""
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -32,6 +37,7 @@ Count = Annotated[int, Field(ge=1)]
 NonNegInt = Annotated[int, Field(ge=0)]
 NonNegFloat = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 FileName = Annotated[str, Field(pattern=r"^[^/\\]+$", min_length=1)]
+EntryFile = Annotated[str, Field(pattern=r"^[^/\\]+\.json$")]
 
 
 class _Strict(BaseModel):
@@ -77,8 +83,18 @@ class AlgorithmRef(_Strict):
 
 
 class CheckpointRef(_Strict):
-    sha256: Sha256
-    file: str
+    """The evaluated checkpoint.
+
+    :param weights_sha256: digest of its tensors, the checkpoint zoo's key
+        (:func:`bench.checkpoint.weights_sha256`); ``None`` only in entries migrated from
+        schema 2, which named the checkpoint by its file alone.
+    :param sha256: sha256 of the file that was evaluated (a ``.pt`` or a zoo ``.safetensors``).
+    :param file: that file's name.
+    """
+
+    weights_sha256: Sha256 | None = None
+    sha256: Sha256 | None
+    file: str | None
 
 
 class TrainData(_Strict):
@@ -149,12 +165,56 @@ class Reported(_Strict):
 
 
 class EnvironmentInfo(_Strict):
+    """Where the entry was computed. ``cpu``: the processor model and the kernel
+    capability torch dispatched to (``AVX512``, ``AVX2``, ...), which decide the float
+    rounding of a CPU run (absent in older entries)."""
+
     harness_version: str
     git_sha: str | None
     torch_version: str
     python_version: str
     platform: str
     device: str
+    cpu: str | None = None
+
+
+class EvaluationInfo(_Strict):
+    """How the evaluation drew its random numbers, so any episode can be re-run alone.
+
+    :param attack_seeds: ``episode``: every attack of every episode has its own generator
+        seeded from (suite seed, scenario, episode); ``chunk``: one generator per chunk of
+        ``chunk_episodes`` episodes on a fixed grid (schema 2 entries), so re-running an
+        episode re-runs its chunk.
+    :param chunk_episodes: episodes per chunk of the evaluation's grid.
+    :param sanity_episodes: episodes the attack-strength sanity checks ran on.
+    """
+
+    attack_seeds: Literal["episode", "chunk"]
+    chunk_episodes: Count
+    sanity_episodes: NonNegInt | None = None
+
+
+class ScenarioInfo(_Strict):
+    """One scenario of the entry, as data (its name in ``metrics`` is derived from it).
+
+    :param kind: ``attack`` (``id`` with ``options`` at ``eps`` on ``target``), ``shift``
+        (``id`` at ``severity``) or ``ensemble`` (``members``: scenario names; a query is
+        robust only if every member fails on it, and for the support and both targets the
+        worst member per episode counts).
+    :param provider: the distribution (and version) that registered the component.
+    """
+
+    kind: Literal["attack", "shift", "ensemble"]
+    id: str
+    version: str | None = None
+    options: dict[str, Any] | None = None
+    eps: NonNegFloat | None = None
+    norm: str | None = None
+    target: Literal["query", "support", "both"] | None = None
+    severity: int | None = None
+    members: list[str] | None = None
+    provider: str | None = None
+    provider_version: str | None = None
 
 
 class ExecutionInfo(_Strict):
@@ -230,7 +290,8 @@ class Transfer(_Strict):
 
 
 class ResultEntry(_Strict):
-    """A result entry, schema version 2 (version 1 lacked ``timing_s``, ``summary``, ``breakdown``, ``transfer``).
+    """A result entry, schema version 3 (version 1 lacked ``timing_s``, ``summary``, ``breakdown``, ``transfer``;
+    version 2 lacked ``checkpoint.weights_sha256``, ``evaluation``, ``scenarios`` and ``environment.cpu``).
 
     :param metrics: scenario name -> measured numbers; ``clean`` is always present.
     :param sanity: attack-strength sanity checks (name -> outcome); empty for clean-only runs.
@@ -242,11 +303,13 @@ class ResultEntry(_Strict):
         scenarios, chunk grid, sanity settings); ``mrbench evaluate`` returns a finished
         ``--out`` with the same key instead of recomputing it. Absent in older entries.
     :param footnote: a note shown under the table.
-    :param supersedes: file name of the entry in the same ``entries/`` folder this one
-        corrects; the superseded entry stays (append-only) but leaves the table.
+    :param supersedes: file name (or names) of the entries in the same ``entries/`` folder
+        this one corrects; a superseded entry stays (append-only) but leaves the table.
+    :param evaluation: how the attack seeds were drawn (:class:`EvaluationInfo`).
+    :param scenarios: every non-clean scenario of ``metrics`` as data (:class:`ScenarioInfo`).
     """
 
-    schema_version: Literal[2]
+    schema_version: Literal[3]
     kind: Literal["mrbench-result"]
     created: str
     suite: SuiteRef
@@ -264,12 +327,21 @@ class ResultEntry(_Strict):
     episodes_file: FileName | None
     reported: dict[str, Reported] | None = None
     footnote: Annotated[str, Field(min_length=1)] | None = None
-    supersedes: Annotated[str, Field(pattern=r"^[^/\\]+\.json$")] | None = None
+    supersedes: EntryFile | list[EntryFile] | None = None
     timing_s: dict[str, NonNegFloat] | None = None
     summary: Summary | None = None
     breakdown: Breakdown | None = None
     transfer: Transfer | None = None
     run_key: Annotated[str, Field(pattern=r"^[0-9a-f]{16,64}$")] | None = None
+    evaluation: EvaluationInfo | None = None
+    scenarios: dict[str, ScenarioInfo] | None = None
+
+    @property
+    def superseded(self) -> list[str]:
+        """The file names this entry supersedes (``supersedes`` as a list)."""
+        if self.supersedes is None:
+            return []
+        return [self.supersedes] if isinstance(self.supersedes, str) else list(self.supersedes)
 
     @field_validator("created")
     @classmethod
@@ -320,6 +392,19 @@ def migration(from_version: int) -> Callable[[Migration], Migration]:
 def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
     # v2 added the optional timing_s, summary, breakdown and transfer fields; v1 entries have none.
     raw["schema_version"] = 2
+    return raw
+
+
+@migration(2)
+def _v2_to_v3(raw: dict[str, Any]) -> dict[str, Any]:
+    # v3 names the checkpoint by its weights digest, which a v2 entry did not record (the
+    # zoo links it through the .pt file's sha256), and records the seed grid: every v2
+    # evaluation drew one attack generator per chunk of 25 episodes (evaluate()'s only
+    # grid before v3; no command could change it).
+    raw["schema_version"] = 3
+    if isinstance(raw.get("checkpoint"), dict):
+        raw["checkpoint"] = {"weights_sha256": None, **raw["checkpoint"]}
+    raw.setdefault("evaluation", {"attack_seeds": "chunk", "chunk_episodes": 25})
     return raw
 
 

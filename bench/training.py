@@ -209,11 +209,13 @@ def train(
         raise MrbenchError(f"--steps must be >= 1, got {steps}.")
     init_params, init_ref = None, None
     if init_from is not None:
-        init_params, init_meta, init_sha = load_final(Path(init_from))
+        from bench.zoo import is_zoo_ref, load_checkpoint
+
+        init_params, init_meta, init_ck = load_checkpoint(init_from if is_zoo_ref(init_from) else Path(init_from))
         if init_meta["algorithm"]["id"] != algo.id:
             raise MrbenchError(f"--init-from {init_from} holds a {init_meta['algorithm']['id']!r} checkpoint, not {algo.id!r}.",
                                "Start from a checkpoint of the same algorithm.")
-        init_ref = {"file": Path(init_from).name, "sha256": init_sha, "steps": init_meta.get("steps"),
+        init_ref = {"file": init_ck["file"], "sha256": init_ck["sha256"], "steps": init_meta.get("steps"),
                     "adversarial": init_meta.get("adversarial")}
     adv_desc = adversary.describe() if adversary is not None else None
     if adv_desc is not None and init_ref is not None:

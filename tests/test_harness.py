@@ -100,12 +100,13 @@ def test_evaluate_is_reproducible_and_writes_per_episode_results(tmp_path, tiny_
 def test_result_entry_carries_provenance(tmp_path, tiny_suite):
     res = _train(tmp_path / "p.pt", tiny_suite)
     e = evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu")
-    assert e["schema_version"] == 2
+    assert e["schema_version"] == 3
     assert e["checkpoint"]["sha256"] == res.sha256
+    assert e["checkpoint"]["weights_sha256"] == res.meta["weights_sha256"]
     assert e["algorithm"]["id"] == "protonet" and e["algorithm"]["distribution"] == "mrbench-metric"
     assert e["algorithm"]["transductive"] is False
     assert e["dataset"]["revision"] and e["suite"]["version"] == 1 and len(e["suite"]["manifest_sha256"]) == 64
-    for key in ("harness_version", "git_sha", "torch_version", "device"):
+    for key in ("harness_version", "git_sha", "torch_version", "device", "cpu"):
         assert key in e["environment"]
     assert e["training"]["steps"] == 4 and e["peak_memory_bytes"] > 0 and e["wall_time_s"] >= 0
     m = e["metrics"]["clean"]

@@ -57,6 +57,7 @@ def write_entry(folder: Path, name: str, counts: list[tuple[int, int]],
     entry["episodes_file"] = f"{name}.episodes.csv"
     if edit is not None:
         edit(entry)
+    fake_zoo_record(entry["checkpoint"]["sha256"], entry["algorithm"]["id"])
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{name}.episodes.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -66,6 +67,30 @@ def write_entry(folder: Path, name: str, counts: list[tuple[int, int]],
     path = folder / f"{name}.json"
     path.write_text(json.dumps(entry, indent=2) + "\n")
     return path
+
+
+def fake_zoo_record(file_sha256: str, algorithm: str = "protonet") -> str:
+    """A zoo record for the checkpoint file ``file_sha256`` names (in the ``MRBENCH_ZOO``
+    folder the ``zoo`` fixture sets): what a published checkpoint gives an entry written
+    before schema 3. Its weights digest is derived from the file's; returns it."""
+    import os
+
+    folder = Path(os.environ["MRBENCH_ZOO"])
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = hashlib.sha256(f"weights:{file_sha256}".encode()).hexdigest()
+    record = {"kind": "mrbench-zoo-checkpoint", "format_version": 1, "weights_sha256": weights,
+              "file": f"{weights}.safetensors", "file_sha256": "0" * 64, "size_bytes": 1,
+              "source": {"file": "x.pt", "sha256": file_sha256}, "urls": [],
+              "checkpoint": {"algorithm": {"id": algorithm, "options": {}}, "suite": "omniglot-5w1s@v1"}}
+    (folder / f"{weights}.json").write_text(json.dumps(record))
+    return weights
+
+
+@pytest.fixture(autouse=True)
+def zoo(tmp_path, monkeypatch) -> Path:
+    """A zoo folder of fake records (one per test entry's checkpoint), searched first."""
+    monkeypatch.setenv("MRBENCH_ZOO", str(tmp_path / "zoo"))
+    return tmp_path / "zoo"
 
 
 def _worse(counts: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -227,13 +252,15 @@ def test_robust_columns_in_markdown(root):
     md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
     robust = md[md.index("## Robustness and shifts"):md.index("## Notes")]
     head = next(line for line in robust.splitlines() if line.startswith("| Rank"))
-    assert head == "| Rank | Algorithm | Clean acc. (%) | `pgd-linf@16/255:query` | `gaussian-noise@1` | Checkpoint |"
+    assert head == ("| Rank | Algorithm | Clean acc. (%) | Best known `16/255:query` | `pgd-linf@16/255:query` | "
+                    "`gaussian-noise@1` | Checkpoint |")
     rows = [line for line in robust.splitlines() if line.startswith("| ") and not line.startswith("| Rank")]
     assert len(rows) == 1  # only the entry with a non-clean scenario
     cells = [c.strip() for c in rows[0].strip("|").split(" | ")]
     acc, ci = mean_ci95([c / t for c, t in attacked[:200]])
     assert cells[1] == "protonet (adv. pgd-linf 16/255 query)"
-    assert cells[3] == f"{100 * acc:.2f} ± {100 * ci:.2f} (200 ep.)"  # a prefix of the episodes says so
+    assert cells[4] == f"{100 * acc:.2f} ± {100 * ci:.2f} (200 ep.)"  # a prefix of the episodes says so
+    assert cells[3] == f"{100 * acc:.2f} ± {100 * ci:.2f} (pgd-linf, 200 ep.)"  # the only attack: the best known
     # the main table names the adversarial training too; the CSV keeps the plain id
     assert "| protonet (adv. pgd-linf 16/255 query) | 1 |" in md
     assert {r["algorithm"] for r in _table(root)} == {"protonet"}
@@ -250,7 +277,8 @@ def test_robust_columns_in_markdown(root):
                 scenarios={"pgd-linf@16/255:query": attacked[:200], "gaussian-noise@1": base})
     lb.build(root)
     md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
-    assert "| Rank | Algorithm | Clean acc. (%) | `pgd-linf@16/255:query` | mean corruption | Checkpoint |" in md
+    assert ("| Rank | Algorithm | Clean acc. (%) | Best known `16/255:query` | `pgd-linf@16/255:query` | "
+            "mean corruption | Checkpoint |") in md
     assert "| 50.00 ± 1.00 (1 sc.) |" in md
 
 
@@ -306,6 +334,51 @@ def test_ensemble_subset_entries_are_checked(root):
     # no full-suite entry of that checkpoint to supplement
     write_entry(entries, "orphan", base[:200], edit=_ensemble_edit("nobody"), scenarios=aa)
     _check_fails(root, "orphan.json: checkpoint", "publish its clean (or attack) evaluation on all 600 episodes first")
+
+
+def test_a_live_entry_whose_checkpoint_is_not_in_the_zoo_fails_the_check(root, zoo):
+    record = next(zoo.glob("*.json"))
+    lb.build(root)
+    record.unlink()
+    _check_fails(root, "checkpoint:", "is not in the checkpoint zoo", "supersede the entry")
+
+
+def test_external_evaluations_join_their_models_row_with_the_best_known_accuracy(root):
+    base = _base_counts()
+    pgd = [(c // 2, t) for c, t in base]
+    strong = [(c // 3, t) for c, t in base]
+
+    def same_model(e: dict[str, Any]) -> None:
+        e["checkpoint"]["sha256"] = hashlib.sha256(b"protonet").hexdigest()
+        e["created"] = "2030-01-01T00:00:00+00:00"  # evaluated after the model's own entry
+        e["scenarios"] = {"mi-fgsm@16/255:query": {"kind": "attack", "id": "mi-fgsm", "eps": 16 / 255,
+                                                   "target": "query", "provider": "mrbench-example-plugin",
+                                                   "provider_version": "0.1.0"}}
+
+    write_entry(_entries(root), "protonet", base, scenarios={"pgd-linf@16/255:query": pgd})
+    write_entry(_entries(root), "protonet-mifgsm", base, edit=same_model, scenarios={"mi-fgsm@16/255:query": strong})
+    write_entry(_entries(root), "protonet-aa", base[:200], edit=_ensemble_edit("protonet"),
+                scenarios={"autoattack@16/255:query": [(c // 4, t) for c, t in base[:200]]})
+    lb.build(root)
+    lb.check(root)
+    rows = _table(root)
+    assert "protonet-mifgsm.json" not in {r["entry"] for r in rows}  # the same model: no second row
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    robust = md[md.index("## Robustness and shifts"):md.index("## Notes")]
+    line = next(x for x in robust.splitlines() if x.startswith("| 1= | protonet"))
+    cells = [c.strip() for c in line.strip("|").split(" | ")]
+    # the best known is the lowest over every attack on the episodes all of them cover (the 200-episode subset)
+    accs = {k: mean_ci95([c / t for c, t in v[:200]]) for k, v in
+            (("autoattack", [(c // 4, t) for c, t in base[:200]]), ("mi-fgsm", strong), ("pgd-linf", pgd))}
+    best = min(accs, key=lambda k: accs[k][0])
+    assert cells[3] == f"{100 * accs[best][0]:.2f} ± {100 * accs[best][1]:.2f} ({best}, 200 ep.)"
+    assert "`mi-fgsm@16/255:query`" in robust
+    assert ("mi-fgsm@16/255:query: all 600 episodes, from protonet-mifgsm.json (external evaluation: mi-fgsm of "
+            "mrbench-example-plugin 0.1.0)") in md
+    # a supplement of the same model must agree on clean, episode by episode
+    write_entry(_entries(root), "protonet-mifgsm", _worse(base), edit=same_model,
+                scenarios={"mi-fgsm@16/255:query": strong})
+    _check_fails(root, "protonet-mifgsm.json: metrics.clean: differs from protonet.json (the same model)")
 
 
 def test_transfer_entries_say_what_they_were_trained_for(root):
@@ -424,14 +497,12 @@ def test_nan_ci_is_allowed_for_a_single_episode():
     assert math.isnan(schema.validate_entry(raw, "x.json").metrics["clean"].ci95)
 
 
-def test_schema_version_matches_what_evaluate_writes():
-    import bench.evaluation
-
-    assert bench.evaluation.SCHEMA_VERSION == schema.SCHEMA_VERSION
+def test_the_schema_version_is_the_last_migrations_target():
+    assert schema.SCHEMA_VERSION == max(schema.MIGRATIONS) + 1
 
 
 def test_migration_upgrades_step_by_step(monkeypatch):
-    monkeypatch.setattr(schema, "MIGRATIONS", {1: schema.MIGRATIONS[1]})  # keep the real v1 -> v2 step
+    monkeypatch.setattr(schema, "MIGRATIONS", {k: schema.MIGRATIONS[k] for k in (1, 2)})  # the real steps
 
     @schema.migration(0)
     def _v0_to_v1(raw: dict[str, Any]) -> dict[str, Any]:
@@ -445,7 +516,7 @@ def test_migration_upgrades_step_by_step(monkeypatch):
     v0["schema_version"] = 0
     before = copy.deepcopy(v0)
     entry = schema.validate_entry(v0, "old.json")
-    assert entry.schema_version == 2 and entry.metrics["clean"].accuracy == before["clean"]["accuracy"]
+    assert entry.schema_version == 3 and entry.metrics["clean"].accuracy == before["clean"]["accuracy"]
     assert entry.summary is None and entry.breakdown is None and entry.transfer is None
     assert v0 == before  # migrate does not modify its input
 
@@ -453,8 +524,8 @@ def test_migration_upgrades_step_by_step(monkeypatch):
         schema.migration(0)(_v0_to_v1)
     with pytest.raises(MrbenchError, match="schema_version: no migration from version -1"):
         schema.migrate({**v0, "schema_version": -1})
-    with pytest.raises(MrbenchError, match="old.json: schema_version: 3 is newer"):
-        schema.validate_entry({**v0, "schema_version": 3}, "old.json")
+    with pytest.raises(MrbenchError, match="old.json: schema_version: 4 is newer"):
+        schema.validate_entry({**v0, "schema_version": 4}, "old.json")
 
 
 # --- the paired test ---------------------------------------------------------------
@@ -516,12 +587,15 @@ def test_cli_leaderboard_commands(root, capsys):
 # --- what evaluate() writes goes on a leaderboard as is ------------------------------------
 
 
-def test_an_evaluated_entry_builds_and_checks(tmp_path, tiny_suite, monkeypatch):
+def test_an_evaluated_entry_builds_and_checks(tmp_path, tiny_suite, monkeypatch, zoo):
     from bench.evaluation import evaluate
     from bench.suites import get_suite
     from bench.training import train
 
+    from bench.zoo import publish
+
     train("protonet", tiny_suite, tmp_path / "p.pt", steps=2, meta_batch=1, device="cpu")
+    publish(tmp_path / "p.pt", zoo)  # a leaderboard entry's checkpoint is in the zoo
     folder = tmp_path / "boards" / tiny_suite / "v1"
     entry = evaluate(None, tiny_suite, tmp_path / "p.pt", out=folder / "entries" / "protonet.json", device="cpu")
     pins = f'revision = "{entry["dataset"]["revision"]}"\nmanifest_sha256 = "{entry["suite"]["manifest_sha256"]}"\n'

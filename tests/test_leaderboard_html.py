@@ -13,7 +13,7 @@ import pytest
 
 from bench import leaderboard as lb
 from bench.leaderboard_html import _axis
-from test_leaderboard import SUITE_DIR, _base_counts, _base_entry, _check_fails, _tied, _worse, write_entry
+from test_leaderboard import SUITE_DIR, _base_counts, _base_entry, _check_fails, _tied, _worse, write_entry, zoo  # noqa: F401 (zoo: autouse fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
