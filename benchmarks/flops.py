@@ -25,9 +25,36 @@ from typing import Any, Callable
 from torch.utils.flop_counter import FlopCounterMode
 
 
+class _NoModules:
+    """Stands in for ``FlopCounterMode``'s module tracker: everything counts as ``Global``."""
+
+    parents = frozenset({"Global"})
+
+    def __enter__(self) -> "_NoModules":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class GlobalFlopCounterMode(FlopCounterMode):
+    """``FlopCounterMode`` without its per-module breakdown.
+
+    Its ``ModuleTracker`` hooks the backward of every module call, and those hooks fail
+    under ``torch.autograd.grad`` with respect to a leaf input (torchattacks' PGD: "A leaf
+    node was passed to _will_engine_execute_node but we are currently running
+    autograd.grad()"). The counting itself (the dispatch mode and its formulas) is
+    ``FlopCounterMode``'s.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(display=False)
+        self.mod_tracker = _NoModules()
+
+
 def count_flops(fn: Callable[[], Any]) -> dict[str, Any]:
-    """Run ``fn`` once under ``FlopCounterMode``; ``{"flops": total, "flops_by_op": {op: flops}}``."""
-    mode = FlopCounterMode(display=False)
+    """Run ``fn`` once under :class:`GlobalFlopCounterMode`; ``{"flops": total, "flops_by_op": {op: flops}}``."""
+    mode = GlobalFlopCounterMode()
     with mode:
         fn()
     by_op = mode.get_flop_counts().get("Global", {})

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -106,3 +105,12 @@ def test_the_flop_cache_counts_once_and_is_shared_through_its_file(tmp_path: Pat
     assert first == {"flops": 2 * 2 * 4 * 3, "flops_by_op": {"mm": 48}}
     assert FlopCache(path).get("cpu/a", lambda: calls.append(2)) == first
     assert calls == [1] and json.loads(path.read_text()) == {"cpu/a": first}
+
+
+def test_an_input_gradient_of_a_module_is_counted() -> None:
+    # torch.autograd.grad with respect to a leaf input of an nn.Module, as torchattacks does:
+    # FlopCounterMode's module hooks fail there, the counter used here does not.
+    conv = torch.nn.Conv2d(1, HIDDEN, 3, padding=1)
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    counted = count_flops(lambda: torch.autograd.grad(conv(x).sum(), x))
+    assert counted["flops_by_op"] == {"convolution": conv_flops(1, 28, 2), "convolution_backward": conv_flops(1, 28, 2)}
