@@ -231,7 +231,7 @@ def describe(group: Group) -> str:
         if "inner_steps" in i:
             order = "first order" if i.get("first_order") else "second order"
             parts.append(f"{i['inner_steps']} inner SGD step(s) of lr {i['inner_lr']}, {order}")
-    elif kind in ("eval", "eval-support"):
+    elif str(kind).startswith("eval"):
         parts.append(f"query logits of {i.get('episodes', ref.units_per_call)} clean episodes {i.get('shape', '')} "
                      f"with `{algo}`, {ref.images_per_call} images")
         if "inner_steps_test" in i:
