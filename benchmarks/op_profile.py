@@ -53,10 +53,17 @@ class OpTimer(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in flop_registry:
+            # As FlopCounterMode: a composite op (conv2d, batch_norm under inference_mode)
+            # is timed as the ops it decomposes into, so that its convolutions are counted.
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         start = time.perf_counter()
         out = func(*args, **kwargs)
         seconds = time.perf_counter() - start
-        packet = func._overloadpacket
         flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
         s = self.ops[(str(packet).removeprefix("aten."), _first_shape(args))]
         s.calls, s.seconds, s.flops = s.calls + 1, s.seconds + seconds, s.flops + int(flops)
@@ -107,8 +114,17 @@ def profile(fn: Callable[[], Any], top: int) -> str:
              f"{in_ops:.3f} s: {flop_s:.3f} s in counted kernels ({flops / 1e9:.2f} GFLOP, "
              f"{flops / 1e9 / max(flop_s, 1e-12):.1f} GFLOP/s inside them; {flops / 1e9 / wall:.1f} GFLOP/s over "
              f"the plain wall), {in_ops - flop_s:.3f} s in other ops; about {outside:.3f} s "
-             f"({outside / wall:.0%} of the plain wall) outside ops (Python, autograd engine, dispatch)",
-             "", f"{'op':28} {'first input shape':22} {'calls':>6} {'ms':>9} {'% wall':>7} {'GFLOP':>8} {'GFLOP/s':>8}"]
+             f"({outside / wall:.0%} of the plain wall) outside ops (Python, autograd engine, dispatch)"]
+    by_batch: dict[str, OpStats] = defaultdict(OpStats)
+    for (_name, shape), st in ops:
+        b = by_batch[f"N={shape[0]}" if len(shape) == 4 else "other"]
+        b.calls, b.seconds, b.flops = b.calls + st.calls, b.seconds + st.seconds, b.flops + st.flops
+    lines.append("by batch size of 4-D inputs: " + "; ".join(
+        f"{k}: {b.seconds:.2f} s ({b.seconds / wall:.0%}), {b.flops / 1e9:.2f} GFLOP"
+        + (f" at {b.flops / 1e9 / b.seconds:.1f} GFLOP/s" if b.flops else "")
+        for k, b in sorted(by_batch.items(), key=lambda kv: -kv[1].seconds)))
+    lines.append("")
+    lines.append(f"{'op':28} {'first input shape':22} {'calls':>6} {'ms':>9} {'% wall':>7} {'GFLOP':>8} {'GFLOP/s':>8}")
     for (name, shape), s in ops[:top]:
         rate = f"{s.flops / 1e9 / s.seconds:8.1f}" if s.flops else f"{'-':>8}"
         lines.append(f"{name[:28]:28} {str(list(shape))[:22]:22} {s.calls:6d} {s.seconds * 1e3:9.1f} "

@@ -114,3 +114,20 @@ def test_an_input_gradient_of_a_module_is_counted() -> None:
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
     counted = count_flops(lambda: torch.autograd.grad(conv(x).sum(), x))
     assert counted["flops_by_op"] == {"convolution": conv_flops(1, 28, 2), "convolution_backward": conv_flops(1, 28, 2)}
+
+
+def test_the_op_profiler_sees_the_same_flops_as_the_counter() -> None:
+    from benchmarks.op_profile import OpTimer
+
+    params = initial_params(make_algorithm("protonet"), torch.device("cpu"))
+    x = torch.rand(2, 1, 28, 28)
+    grad = torch.func.grad(lambda p: conv4(p, x)[0].sum())
+    timer = OpTimer()
+    with timer:
+        grad(params)
+    by_op: dict[str, int] = {}
+    for (name, _shape), s in timer.ops.items():
+        if s.flops:
+            by_op[name] = by_op.get(name, 0) + s.flops
+    assert by_op == count_flops(lambda: grad(params))["flops_by_op"]
+    assert all(s.seconds > 0 for s in timer.ops.values())
