@@ -15,7 +15,8 @@ Groups (one per algorithm and target, ``attack-query protonet`` ...):
   poisoning through adaptation, so the comparison is mrbench's own PGD called episode by
   episode.
 - ``ceiling``: 20 forward+backward passes (gradient with respect to the input) of the
-  same conv4 ``nn.Module`` over the images the attack differentiates through (the
+  conv4 ``nn.Module`` with BatchNorm in eval mode (a trained supervised model under
+  attack) over the images the attack differentiates through (the
   queries; for support poisoning the support images too), plus one forward: the
   convolution work of PGD-20 without any few-shot structure, one episode's images at a
   time (plain and channels-last; on CUDA also all in one batch).
@@ -41,8 +42,8 @@ from bench.components import Episode
 from bench.execution import pick_device, plan
 from bench.plugins import get_registry
 from benchmarks import peers
-from benchmarks.test_throughput import (SEED, SPEC, Workload, ceiling_variants, images_per_episode, initial_params,
-                                        peer_model, random_episodes, sync, time_case)
+from benchmarks.test_throughput import (SEED, SPEC, PeerConv4, Workload, ceiling_variants, images_per_episode,
+                                        initial_params, random_episodes, sync, time_case)
 
 ATTACK_EPISODES = 10
 EPS = 16 / 255
@@ -111,7 +112,12 @@ def _attack_workload(kind: str, algo_id: str, role: str, variant: str, device: t
         # episode by episode
         parts = [episodes.x_query] + ([episodes.x_support] if target == "support" else [])
         x = torch.cat(parts, dim=1).flatten(0, 1)
-        fn = _ceiling(x, peer_model(params).requires_grad_(False), variant, device)
+        # A trained supervised model under attack: BatchNorm in eval mode (fixed statistics),
+        # as mrbench's learners normalise the queries with the support's fixed statistics
+        # (bn="support", folded into the convolutions). Batch statistics (the eval ceiling)
+        # would add a BatchNorm forward and backward per layer that the attacked learner does not run.
+        model = PeerConv4(SPEC.image_shape[0], track_running_stats=True).to(device).eval().requires_grad_(False)
+        fn = _ceiling(x, model, variant, device)
         return Workload(fn, "episode", ATTACK_EPISODES, x.shape[0], info)
 
     attack = registry.create("attack", "pgd-linf", {"steps": STEPS})

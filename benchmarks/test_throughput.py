@@ -149,14 +149,16 @@ class PeerConv4(nn.Module):
     ``nn.BatchNorm2d(track_running_stats=False)``, as in learn2learn's Omniglot CNN: every
     forward normalises with its own batch statistics. Parameter names match mrbench's
     (``backbone.conv0.weight``, ..., ``head.weight``) so its parameters load directly.
+    ``track_running_stats=True`` in eval mode is a trained supervised model (the attack ceiling).
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int | None = None) -> None:
+    def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int | None = None,
+                 track_running_stats: bool = False) -> None:
         super().__init__()
         layers: dict[str, nn.Module] = {}
         for i in range(4):
             layers[f"conv{i}"] = nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1)
-            layers[f"bn{i}"] = nn.BatchNorm2d(hidden, track_running_stats=False)
+            layers[f"bn{i}"] = nn.BatchNorm2d(hidden, track_running_stats=track_running_stats)
         self.backbone = nn.ModuleDict(layers)
         self.head = nn.Linear(hidden, n_out) if n_out is not None else None
 
