@@ -9,6 +9,8 @@ Options (all optional; ``python -m benchmarks.run`` passes them):
 - ``--bench-reverse``: run the cases in reverse order. ``python -m benchmarks.run --passes N``
   alternates forward and reverse passes, so that a drift of the machine's speed during a
   pass favours no case of a group (each pair of cases runs in both orders).
+- ``--bench-flops-cache PATH``: keep each case's FLOP count (``benchmarks/flops.py``) in
+  this JSON file, so that the later passes of a multi-pass run reuse the first pass's.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 import torch
 
 from bench.execution import pick_device
+from benchmarks.flops import FlopCache
 
 DEFAULT_ROUNDS = 3
 """Timed rounds per case in a full run: a MAML second-order step takes ~5 s on 2 CPU
@@ -53,6 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-threads", type=int, default=None, help="torch.set_num_threads before running")
     group.addoption("--bench-reverse", action="store_true",
                     help="run the cases in reverse order (alternate passes of benchmarks.run --passes)")
+    group.addoption("--bench-flops-cache", default=None,
+                    help="JSON file of FLOP counts by case, shared by the passes of one run")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -88,6 +93,11 @@ def bench_config(config: pytest.Config) -> BenchConfig:
 @pytest.fixture(scope="session")
 def bench_cfg(pytestconfig: pytest.Config) -> BenchConfig:
     return bench_config(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def flop_cache(pytestconfig: pytest.Config) -> FlopCache:
+    return FlopCache(pytestconfig.getoption("--bench-flops-cache"))
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:

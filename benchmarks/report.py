@@ -4,9 +4,11 @@
 
 writes ``<out>/<name>.json`` (a copy of the input) and ``<out>/<name>.md``: the
 machine, a summary, and per group (one computation) a row per case (mrbench
-variants, peers, ceilings) with the median / min / max seconds per call, the rate,
-images/s, the ratio to the best peer's rate and the fraction of the best ceiling's
-images/s, and the peak memory. Every number comes from the JSON.
+variants, peer libraries, references, ceilings) with the median / min / max seconds
+per call, the rate, images/s, the FLOPs of a call and the achieved GFLOP/s, the ratio
+to the fastest peer library's and the fastest reference's rate, the fraction of the
+ceiling's GFLOP/s (of its images/s for a JSON without FLOP counts), and the peak
+memory. Every number comes from the JSON.
 
 A run of several passes (``python -m benchmarks.run --passes N``) is first merged
 into one JSON (:func:`merge_passes`): each case's timings pooled over the passes,
@@ -30,8 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROLES = ("mrbench", "peer", "ceiling")
+ROLES = ("mrbench", "peer", "reference", "ceiling")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+BAR_CEILING = 0.8
+"""The bar of the performance issue: a path reaches this fraction of the ceiling's GFLOP/s."""
+BAR_PEER = 1.0
+"""... is at least this fast as the fastest peer library (training, attacks) ..."""
+BAR_PEER_EVAL = 1.2
+"""... and this fast in evaluation (groups whose kind starts with ``eval``)."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,17 @@ class Row:
     @property
     def images_per_s(self) -> float:
         return self.images_per_call / self.median
+
+    @property
+    def flops(self) -> int | None:
+        """FLOPs of one call (``benchmarks/flops.py``), if the JSON has them."""
+        f = self.info.get("flops")
+        return int(f) if f else None
+
+    @property
+    def gflops_per_s(self) -> float:
+        """Achieved GFLOP/s from the median (0 without a FLOP count)."""
+        return self.flops / self.median / 1e9 if self.flops else 0.0
 
 
 def rows_of(data: dict[str, Any]) -> list[Row]:
@@ -121,39 +140,75 @@ class Group:
         cands = [r for r in self.rows if r.role == role]
         return max(cands, key=lambda r: getattr(r, key)) if cands else None
 
+    @property
+    def by_flops(self) -> bool:
+        """Whether the ceiling comparison is by GFLOP/s (every row has a FLOP count) or,
+        for a JSON without counts, by images/s."""
+        return bool(self.rows) and all(r.flops for r in self.rows)
+
+    @property
+    def ceiling(self) -> Row | None:
+        """The fastest ceiling case: by GFLOP/s when :attr:`by_flops`, else by images/s."""
+        return self.best("ceiling", "gflops_per_s" if self.by_flops else "images_per_s")
+
+    def vs(self, row: Row, role: str) -> float | None:
+        """``row``'s rate over the fastest ``role`` case's (``peer`` or ``reference``; > 1: faster)."""
+        ref = self.best(role)
+        return row.rate / ref.rate if ref is not None and row.role not in ("ceiling",) else None
+
     def vs_peer(self, row: Row) -> float | None:
-        """``row``'s rate over the best peer's (> 1: faster than every peer)."""
-        peer = self.best("peer")
-        return row.rate / peer.rate if peer is not None and row.role != "ceiling" else None
+        """``row``'s rate over the fastest peer library's (> 1: faster than every peer)."""
+        return self.vs(row, "peer")
 
     def vs_ceiling(self, row: Row) -> float | None:
-        """``row``'s images/s as a fraction of the best ceiling's."""
-        ceiling = self.best("ceiling", "images_per_s")
-        return row.images_per_s / ceiling.images_per_s if ceiling is not None and row.images_per_call else None
+        """``row``'s GFLOP/s (images/s without FLOP counts) as a fraction of the ceiling's."""
+        ceiling = self.ceiling
+        if ceiling is None:
+            return None
+        if self.by_flops:
+            return row.gflops_per_s / ceiling.gflops_per_s
+        return row.images_per_s / ceiling.images_per_s if row.images_per_call else None
 
     def paired(self, row: Row, role: str) -> tuple[float, float, float] | None:
         """Median, min and max over the passes of ``row``'s per-pass ratio to the best ``role`` case.
 
-        ``peer``: rate over rate (as :meth:`vs_peer`); ``ceiling``: images/s over images/s
-        (as :meth:`vs_ceiling`). The reference case is the best one on the pooled
-        timings, fixed for every pass, so that no per-pass maximum is picked. ``None``
-        unless both cases have a median in each of the same two or more passes.
+        ``peer``, ``reference``: rate over rate (as :meth:`vs`); ``ceiling``: GFLOP/s over
+        GFLOP/s, or images/s over images/s (as :meth:`vs_ceiling`). The reference case is the
+        best one on the pooled timings, fixed for every pass, so that no per-pass maximum is
+        picked. ``None`` unless both cases have a median in each of the same two or more passes.
         """
-        if role == "peer":
-            ref = self.best("peer")
+        if role == "ceiling":
+            ref = self.ceiling
+            if ref is None or not row.images_per_call:
+                return None
+            if self.by_flops:
+                per_call_ref, per_call_row = ref.flops, row.flops
+            else:
+                per_call_ref, per_call_row = ref.images_per_call, row.images_per_call
+        else:
+            ref = self.best(role)
             if ref is None or row.role == "ceiling":
                 return None
             per_call_ref, per_call_row = ref.units_per_call, row.units_per_call
-        else:
-            ref = self.best("ceiling", "images_per_s")
-            if ref is None or not row.images_per_call:
-                return None
-            per_call_ref, per_call_row = ref.images_per_call, row.images_per_call
         a, b = row.pass_medians, ref.pass_medians
         if len(a) < 2 or len(a) != len(b):
             return None
         ratios = [(per_call_row / x) / (per_call_ref / y) for x, y in zip(a, b)]
         return statistics.median(ratios), min(ratios), max(ratios)
+
+    def bars(self, row: Row) -> str:
+        """Whether ``row`` meets the performance issue's bars (paired figures where the run has
+        them): ``peer`` >= :data:`BAR_PEER` (:data:`BAR_PEER_EVAL` in evaluation) and
+        ``ceiling`` >= :data:`BAR_CEILING`; ``-`` where the group has no such reference."""
+        kind = str(row.info.get("kind", self.name.split()[0]))
+        out = []
+        for role, bar in (("peer", BAR_PEER_EVAL if kind.startswith("eval") else BAR_PEER), ("ceiling", BAR_CEILING)):
+            paired = self.paired(row, role)
+            x = paired[0] if paired is not None else (self.vs_peer(row) if role == "peer" else self.vs_ceiling(row))
+            if x is not None:
+                unit = "x" if role == "peer" else ""
+                out.append(f"{role} {'met' if x >= bar else 'missed'} ({x:.2f}{unit} vs {bar:g}{unit})")
+        return "; ".join(out) or "-"
 
 
 def groups_of(rows: list[Row]) -> list[Group]:
@@ -176,18 +231,26 @@ def describe(group: Group) -> str:
         if "inner_steps" in i:
             order = "first order" if i.get("first_order") else "second order"
             parts.append(f"{i['inner_steps']} inner SGD step(s) of lr {i['inner_lr']}, {order}")
-    elif kind in ("eval", "eval-support"):
+    elif str(kind).startswith("eval"):
         parts.append(f"query logits of {i.get('episodes', ref.units_per_call)} clean episodes {i.get('shape', '')} "
                      f"with `{algo}`, {ref.images_per_call} images")
         if "inner_steps_test" in i:
             parts.append(f"{i['inner_steps_test']} inner SGD step(s) of lr {i['inner_lr']} per episode")
+    elif str(kind).startswith("attack"):
+        parts.append(f"{i.get('attack', 'an attack')} on the {i.get('target', '?')} of {ref.units_per_call} episodes "
+                     f"{i.get('shape', '')} with `{algo}`")
     opts = i.get("algorithm_options")
     if opts:
         parts.append("mrbench options " + ", ".join(f"{k}={v}" for k, v in opts.items()))
-    ceiling = group.best("ceiling", "images_per_s")
+    libs = sorted({f"{r.info['library']} {r.info.get('library_version') or ''}".strip()
+                   for r in group.rows if r.role == "peer" and r.info.get("library")})
+    if libs:
+        parts.append("peer libraries: " + ", ".join(libs))
+    ceiling = group.ceiling
     if ceiling is not None:
-        what = "fwd+bwd+Adam" if ceiling.unit == "step" else "inference forward"
-        parts.append(f"ceiling: a supervised {what} of the conv4 nn.Module over the same {ceiling.images_per_call} images "
+        what = ("fwd+bwd+Adam" if ceiling.unit == "step" else
+                "PGD-style input-gradient pass" if str(kind).startswith("attack") else "inference forward")
+        parts.append(f"ceiling: a supervised {what} of the conv4 nn.Module over {ceiling.images_per_call} images "
                      "(`batch=all`: one batch; `batch=<n>`: n at a time)")
     return "; ".join(parts) + "."
 
@@ -220,6 +283,10 @@ def _machine(data: dict[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+def _gflops(row: Row) -> str:
+    return _num(row.gflops_per_s) if row.flops else "-"
+
+
 def _rate(row: Row) -> str:
     return f"{_num(row.rate)} {row.unit}s/s" if row.unit != "call" else f"{_num(row.rate)}/s"
 
@@ -236,43 +303,56 @@ def render(data: dict[str, Any], name: str) -> str:
     out += ["## Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in _machine(data)]
     out += ["", "## How to read it", "",
-            "Rates use the median seconds per call. **vs best peer**: the case's rate over the fastest peer's "
-            "in its group (above 1.00x: faster than every peer). **vs ceiling**: the case's images/s as a fraction "
-            "of the fastest ceiling's, a plain supervised pass of the same conv4 over as many images (above 1: "
-            "faster than that pass). A second-order step or MAML's inner steps do more work per image than the "
-            "ceiling, so their fraction is lower by construction. **peak RSS**: the process's resident-set "
-            "high-water mark during the case (inputs included)"
-            + ("; **peak CUDA**: `torch.cuda.max_memory_allocated` during the case." if cuda else ".")]
+            "Rates use the median seconds per call. **peer**: the real peer library (easyfsl, higher, torchattacks) "
+            "on the same computation; **reference**: the same computation re-implemented in plain PyTorch, the "
+            "equal-computation check's yardstick; **ceiling**: a plain supervised pass of the same conv4. "
+            "**GFLOP/call**: the convolutions and matrix products of one call, counted once with "
+            "`torch.utils.flop_counter.FlopCounterMode` (backward and double backward included; elementwise ops "
+            "not counted); **GFLOP/s**: that over the median. **vs peer** / **vs ref**: the case's rate over the "
+            "fastest peer library's / reference's in its group (above 1.00x: faster). **vs ceiling**: the case's "
+            "GFLOP/s as a fraction of the fastest ceiling's (a JSON without FLOP counts: images/s). **peak RSS**: "
+            "the process's resident-set high-water mark during the case (inputs included)"
+            + ("; **peak CUDA**: `torch.cuda.max_memory_allocated` during the case." if cuda else ".")
+            + f" **bars**: the best mrbench case against the performance issue's bars: at least {BAR_PEER:g}x the "
+            f"fastest peer library ({BAR_PEER_EVAL:g}x in evaluation) and {BAR_CEILING:g} of the ceiling's GFLOP/s, "
+            "on the paired figures when the run has them."]
     if passes > 1:
         out += ["", f"This run made {passes} passes over the cases, alternately in forward and reverse order; "
                 "the timings are pooled over them. **paired** ratios are taken within each pass between the "
                 "same two cases (the best by pooled timings) and given as the median over the passes, with "
                 "their range: they are the figures to quote where the machine's speed drifts during a run."]
-    head = "| group | best mrbench | its rate | best peer | its rate | mrbench vs best peer | mrbench vs ceiling |"
-    rule = "|---|---|---|---|---|---|---|"
+    head = ("| group | best mrbench | its rate | its GFLOP/s | fastest peer | its rate | mrbench vs peer | "
+            "mrbench vs ref | mrbench vs ceiling |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
     if passes > 1:
-        head, rule = head + " paired vs peer | paired vs ceiling |", rule + "---|---|"
+        head, rule = head + " paired vs peer | paired vs ref | paired vs ceiling |", rule + "---|---|---|"
+    head, rule = head + " bars |", rule + "---|"
     out += ["", "## Summary", "", head, rule]
     for g in groups:
         m, p = g.best("mrbench"), g.best("peer")
-        line = (f"| {g.name} | {m.variant if m else '-'} | {_rate(m) if m else '-'} | {p.variant if p else '-'} | "
-                f"{_rate(p) if p else '-'} | {_ratio(g.vs_peer(m)) if m else '-'} | {_frac(g.vs_ceiling(m)) if m else '-'} |")
+        if m is None:
+            continue
+        line = (f"| {g.name} | {m.variant} | {_rate(m)} | {_gflops(m)} | {p.variant if p else '-'} | "
+                f"{_rate(p) if p else '-'} | {_ratio(g.vs_peer(m))} | {_ratio(g.vs(m, 'reference'))} | "
+                f"{_frac(g.vs_ceiling(m))} |")
         if passes > 1:
-            line += (f" {_paired(g.paired(m, 'peer')) if m else '-'} |"
-                     f" {_paired(g.paired(m, 'ceiling'), '') if m else '-'} |")
-        out.append(line)
+            line += (f" {_paired(g.paired(m, 'peer'))} | {_paired(g.paired(m, 'reference'))} |"
+                     f" {_paired(g.paired(m, 'ceiling'), '')} |")
+        out.append(line + f" {g.bars(m)} |")
     for g in groups:
         out += ["", f"## {g.name}", "", describe(g), ""]
-        head = "| role | variant | median s | min s | max s | rounds | rate | images/s | vs best peer | vs ceiling | peak RSS MB |"
-        rule = "|---|---|---|---|---|---|---|---|---|---|---|"
+        head = ("| role | variant | median s | min s | max s | rounds | rate | images/s | GFLOP/call | GFLOP/s | "
+                "vs peer | vs ref | vs ceiling | peak RSS MB |")
+        rule = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         if cuda:
             head, rule = head + " peak CUDA MB |", rule + "---|"
         out += [head, rule]
         for r in g.rows:
             variant = r.variant + (" (default plan)" if r.info.get("default_plan") else "")
             line = (f"| {r.role} | {variant} | {_num(r.median)} | {_num(r.min)} | {_num(r.max)} | {r.rounds} | "
-                    f"{_rate(r)} | {_num(r.images_per_s)} | {_ratio(g.vs_peer(r))} | {_frac(g.vs_ceiling(r))} | "
-                    f"{_mb(r.info.get('peak_rss_mb'))} |")
+                    f"{_rate(r)} | {_num(r.images_per_s)} | {_num(r.flops / 1e9) if r.flops else '-'} | "
+                    f"{_gflops(r)} | {_ratio(g.vs_peer(r))} | {_ratio(g.vs(r, 'reference'))} | "
+                    f"{_frac(g.vs_ceiling(r))} | {_mb(r.info.get('peak_rss_mb'))} |")
             if cuda:
                 line += f" {_mb(r.info.get('peak_cuda_mb'))} |"
             out.append(line)

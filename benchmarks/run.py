@@ -3,8 +3,9 @@
     python -m benchmarks.run [--device auto|cpu|cuda] [--quick] [--rounds N] [--passes N]
                              [--threads N] [--name NAME] [--out DIR] [-k EXPR]
 
-Runs ``benchmarks/test_throughput.py`` under pytest-benchmark (the same-computation
-checks first, then every timed case) and renders ``<out>/<name>.md`` with a copy of
+Runs the benchmark files (:data:`FILES`) under pytest-benchmark (the FLOP counter's and
+the same-computation checks first, then every timed case, each with its FLOPs counted
+once, untimed) and renders ``<out>/<name>.md`` with a copy of
 the JSON next to it (``benchmarks/report.py``). ``<name>`` defaults to the device type
 (``cpu``, ``cuda``), with ``-quick`` appended for a smoke run. Exits with pytest's
 status; the report is written for whatever cases ran.
@@ -13,7 +14,8 @@ status; the report is written for whatever cases ran.
 (``--bench-reverse``), each pass with ``--rounds`` timed rounds per case (default 1
 then), and merges the passes into one report with paired ratios
 (``benchmarks.report.merge_passes``): the way to measure on a machine whose speed
-drifts while a run goes on.
+drifts while a run goes on. The passes share one file of FLOP counts, so only the first
+pays for counting.
 """
 
 from __future__ import annotations
@@ -31,12 +33,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 
-def pytest_command(args: argparse.Namespace, json_path: Path, reverse: bool = False) -> list[str]:
-    """The pytest invocation for ``args`` writing its results to ``json_path`` (``reverse``: cases in reverse order)."""
-    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_throughput.py"), str(HERE / "test_attack_throughput.py"),
-           str(HERE / "test_zoo_eval.py"),
+FILES = ("test_flops.py", "test_throughput.py", "test_attack_throughput.py", "test_zoo_eval.py")
+"""The benchmark files, in run order: the FLOP counter's own checks first."""
+
+
+def pytest_command(args: argparse.Namespace, json_path: Path, reverse: bool = False,
+                   flops_cache: Path | None = None) -> list[str]:
+    """The pytest invocation for ``args`` writing its results to ``json_path`` (``reverse``: cases
+    in reverse order; ``flops_cache``: the FLOP counts shared by the passes of the run)."""
+    cmd = [sys.executable, "-m", "pytest", *(str(HERE / f) for f in FILES),
            f"--benchmark-json={json_path}", "--benchmark-columns=median,min,max,rounds",
            "--benchmark-group-by=group", "--bench-device", args.device]
+    if flops_cache is not None:
+        cmd += ["--bench-flops-cache", str(flops_cache)]
     if args.quick:
         cmd.append("--bench-quick")
     if reverse:
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         rc, written = 0, []
         for i in range(args.passes):
             json_path = Path(tmp) / f"pass-{i}.json"
-            cmd = pytest_command(args, json_path, reverse=i % 2 == 1)
+            cmd = pytest_command(args, json_path, reverse=i % 2 == 1, flops_cache=Path(tmp) / "flops.json")
             print(f"+ [pass {i + 1}/{args.passes}] " + " ".join(cmd), flush=True)
             rc = subprocess.call(cmd, cwd=ROOT) or rc
             if json_path.is_file():

@@ -1,4 +1,4 @@
-"""Throughput of mrbench's hot paths, side by side with peers and the machine's ceiling.
+"""Throughput of mrbench's hot paths, side by side with the peer libraries and the machine's ceiling.
 
 Every *group* is one computation, timed in one run by consecutive cases:
 
@@ -7,28 +7,36 @@ Every *group* is one computation, timed in one run by consecutive cases:
   ``bench.training.default_train_step`` does after sampling (the batch here is fixed,
   so sampling is not timed). Evaluation: ``bench.execution.predict_episodes`` with
   each execution strategy (loop, loop + channels-last images, chunked ``vmap``).
-- ``peer``: the same computation written the way users of learn2learn (MAML: per
-  task, clone the parameters, inner SGD step(s) with ``torch.autograd.grad``, query
-  loss, backward) and easyfsl (ProtoNet: embed support and query with an
+- ``peer``: the real peer library on the same computation (``benchmarks/peers.py``):
+  easyfsl for ProtoNet, higher for MAML and first-order MAML, plain and with the model
+  and images channels-last. ``eval-support protonet`` has no library peer: no library
+  normalises the queries with the support set's BatchNorm statistics.
+- ``reference``: the same computation re-implemented the way users of learn2learn
+  (MAML: per task, clone the parameters, inner SGD step(s) with ``torch.autograd.grad``,
+  query loss, backward) and easyfsl (ProtoNet: embed support and query with an
   ``nn.Module``, class means, negative squared Euclidean logits) write it: an
-  ``nn.Module`` conv4 with ``nn.BatchNorm2d``, a plain Python loop over episodes.
+  ``nn.Module`` conv4 with ``nn.BatchNorm2d``, a plain Python loop over episodes. It is
+  what the equal-computation check compares everything with.
 - ``ceiling``: a plain supervised pass of the same conv4 ``nn.Module`` over as many
   images as one call of the group's computation touches (fwd + bwd + Adam for
-  training, an inference forward for evaluation), all in one batch or one episode's
-  worth at a time, plain or channels-last: roughly the most this machine does with
-  that much convolution work (see :func:`ceiling_workload`).
+  training, an inference forward for evaluation), one episode's worth at a time (and on
+  CUDA also all in one batch), plain or channels-last: roughly the most this machine
+  does with convolution work of that shape (see :func:`ceiling_workload`). The report
+  compares achieved GFLOP/s with it (``benchmarks/flops.py``), since a second-order
+  MAML step does more convolution work per image than a supervised pass.
 
 Same computation: the peers use ``nn.BatchNorm2d`` in training mode without running
 statistics (learn2learn's Omniglot CNN), so every forward normalises with its own
 batch statistics; the mrbench algorithms therefore run with ``bn="batch"`` (the
 original MAML convention). The group ``eval-support protonet`` times the protocol's
 default instead, ``bn="support"``: queries normalised with the support set's batch
-statistics, which the peer does with inference-mode ``F.batch_norm`` on the support's
+statistics, which the reference does with inference-mode ``F.batch_norm`` on the support's
 mean and biased variance (:func:`peer_support_bn_embed`). Inner steps and step sizes come from the plugin's options
 and the Adam learning rate from its ``train_defaults``. ``test_same_computation``
-(not timed, float64) checks, for every case that is timed, that mrbench and the peer
-give the same loss and meta-gradients (training) or logits (evaluation) on the same
-parameters and episodes; each timed case runs that check first and fails without it.
+(not timed, float64) checks, for every case that is timed, that mrbench, the reference
+and each peer library give the same loss and meta-gradients (training) or logits
+(evaluation) on the same parameters and episodes; each timed case runs that check first
+and fails without it.
 
 Shapes: Omniglot images 1x28x28, 5-way 1-shot, 15 queries per class, random tensors
 from fixed seeds; training batches of 32 episodes (2560 images a step) for every
@@ -37,7 +45,8 @@ episodes use 1 query per class and ProtoNet's 60 ways (their ``train_defaults``)
 one shape for all lets the groups and their ceilings be compared.
 
 Each case stores in ``benchmark.extra_info``: its role and variant, the unit and
-units per call (steps or episodes), images per call, and the peak memory of its
+units per call (steps or episodes), images per call, the FLOPs of one call
+(``flops``, ``flops_by_op``; counted once, untimed) and the peak memory of its
 calls (see :class:`PeakMemory`). ``benchmarks/report.py`` turns the JSON into a
 report; ``python -m benchmarks.run`` does both.
 """
@@ -46,6 +55,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import math
 import resource
 import sys
 from dataclasses import dataclass, field
@@ -60,6 +70,8 @@ from torch.func import functional_call
 from bench.components import Algorithm, Episode, EpisodeSpec, Params
 from bench.execution import Execution, meta_loss_backward, pick_device, plan, predict_episodes
 from bench.plugins import get_registry
+from benchmarks import peers
+from benchmarks.flops import FlopCache
 
 SPEC = EpisodeSpec(n_way=5, k_shot=1, n_query=15, image_shape=(1, 28, 28))
 META_BATCH = 32
@@ -137,14 +149,16 @@ class PeerConv4(nn.Module):
     ``nn.BatchNorm2d(track_running_stats=False)``, as in learn2learn's Omniglot CNN: every
     forward normalises with its own batch statistics. Parameter names match mrbench's
     (``backbone.conv0.weight``, ..., ``head.weight``) so its parameters load directly.
+    ``track_running_stats=True`` in eval mode is a trained supervised model (the attack ceiling).
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int | None = None) -> None:
+    def __init__(self, in_channels: int = 1, hidden: int = 64, n_out: int | None = None,
+                 track_running_stats: bool = False) -> None:
         super().__init__()
         layers: dict[str, nn.Module] = {}
         for i in range(4):
             layers[f"conv{i}"] = nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1)
-            layers[f"bn{i}"] = nn.BatchNorm2d(hidden, track_running_stats=False)
+            layers[f"bn{i}"] = nn.BatchNorm2d(hidden, track_running_stats=track_running_stats)
         self.backbone = nn.ModuleDict(layers)
         self.head = nn.Linear(hidden, n_out) if n_out is not None else None
 
@@ -271,6 +285,47 @@ def peer_predict_episodes(model: nn.Module, s: PeerSettings, episodes: Episode, 
     return torch.stack(out)
 
 
+@dataclass
+class PeerRunner:
+    """A reference or peer-library implementation of one group's computation.
+
+    :param model: the :class:`PeerConv4` whose parameters it trains (their ``.grad`` is
+        the meta-gradient, under mrbench's parameter names).
+    :param loss_backward: ``episodes -> mean query loss``, accumulating the meta-gradient.
+    :param predict: ``episodes -> query logits [E, n_query_total, n_way]``.
+    """
+
+    model: PeerConv4
+    loss_backward: Callable[[Episode], float]
+    predict: Callable[[Episode], Tensor]
+
+
+def peer_runner(role: str, variant: str, algo: Algorithm, params: Params) -> PeerRunner:
+    """The ``reference`` (``plain``, ``channels_last``) or ``peer`` (``<library>[+channels_last]``)
+    implementation of ``algo``'s computation, on a fresh copy of ``params``."""
+    cl = variant.endswith("channels_last")
+    model = peer_model(params, channels_last=cl)
+    s = peer_settings(algo)
+    n_way = SPEC.n_way
+    if role == "reference":
+        return PeerRunner(model, lambda ep: peer_meta_loss_backward(model, s, ep, n_way, channels_last=cl),
+                          lambda ep: peer_predict_episodes(model, s, ep, n_way, channels_last=cl))
+    lib = peers.library_of(variant)
+    if lib == "easyfsl" and s.family == "protonet" and not s.support_bn:
+        net = peers.easyfsl_protonet(model)
+        return PeerRunner(model, lambda ep: peers.easyfsl_meta_loss_backward(net, ep, channels_last=cl),
+                          lambda ep: peers.easyfsl_predict_episodes(net, ep, channels_last=cl))
+    if lib == "higher" and s.family == "maml":
+        inner_opt = torch.optim.SGD(model.parameters(), lr=s.inner_lr)
+        return PeerRunner(
+            model,
+            lambda ep: peers.higher_meta_loss_backward(model, inner_opt, ep, inner_steps=s.inner_steps,
+                                                       first_order=s.first_order, channels_last=cl),
+            lambda ep: peers.higher_predict_episodes(model, inner_opt, ep, inner_steps=s.inner_steps_test,
+                                                     channels_last=cl))
+    raise ValueError(f"no {role} {variant!r} for algorithm {algo.id!r} ({s})")
+
+
 # --------------------------------------------------------------------------- variants
 
 
@@ -303,8 +358,29 @@ def eval_plan(device: torch.device) -> str:
     return execution_name(plan(device), EVAL_EPISODES)
 
 
-def variants(kind: str, role: str, device: torch.device) -> list[str]:
-    """The variants timed for one (kind, role) on ``device``, the same for every algorithm."""
+PEER_LIBRARY: dict[tuple[str, str], str] = {
+    ("train", "maml"): "higher",
+    ("train", "fomaml"): "higher",
+    ("train", "protonet"): "easyfsl",
+    ("eval", "protonet"): "easyfsl",
+    ("eval", "maml"): "higher",
+}
+"""The real peer library of each group (``benchmarks/peers.py``); a group without one has no
+``peer`` cases (``eval-support``: no library normalises queries with the support's statistics)."""
+
+
+def ceiling_variants(device: torch.device, per_episode: int) -> list[str]:
+    """The ceiling's variants: ``per_episode`` images at a time, plain and channels-last, and
+    on CUDA also all images in one batch. On 2 CPU cores one batch was 0.24-0.61 of the
+    per-episode channels-last rate in every group of the 4-pass run (results/cpu-paired.md),
+    so it is not timed there."""
+    per = f"batch={per_episode}"
+    variants = [per, per + "+channels_last"]
+    return (["batch=all", "batch=all+channels_last"] + variants) if device.type == "cuda" else variants
+
+
+def variants(kind: str, role: str, device: torch.device, algo: str = "") -> list[str]:
+    """The variants timed for one (kind, role) of ``algo`` on ``device``."""
     if role == "mrbench" and kind == "train":
         # The harness's choice, and the plain loop next to it (on the CPU: the loop without
         # channels-last). On the CPU vmap is 1.5x slower with ~5x the memory (PERF-NOTES),
@@ -314,22 +390,22 @@ def variants(kind: str, role: str, device: torch.device) -> list[str]:
     if role == "mrbench":
         return ["loop", "loop+channels_last", "vmap/8", f"vmap/{EVAL_EPISODES}"]
     if role == "peer":
-        # Channels-last (model and images) is the peer's cheapest speed-up: it slowed
+        # Channels-last (model and images) is a user's cheapest speed-up: it slowed
         # second-order MAML training (0.78x, PERF-NOTES) but sped up ProtoNet 1.5-2x.
+        lib = PEER_LIBRARY.get((kind, algo))
+        return [lib, lib + "+channels_last"] if lib else []
+    if role == "reference":
         return ["plain", "channels_last"]
-    # One batch is what a GPU does best; an episode's worth at a time measured faster
-    # on 2 CPU cores.
-    per_episode = f"batch={images_per_episode(SPEC)}"
-    return ["batch=all", "batch=all+channels_last", per_episode, per_episode + "+channels_last"]
+    return ceiling_variants(device, images_per_episode(SPEC))
 
 
 @dataclass(frozen=True)
 class Case:
     """One timed case: a variant of one role in one group."""
 
-    kind: str  # "train" | "eval"
+    kind: str  # "train" | "eval" | "eval-support"
     algo: str
-    role: str  # "mrbench" | "peer" | "ceiling"
+    role: str  # "mrbench" | "peer" | "reference" | "ceiling"
     variant: str
 
     @property
@@ -345,8 +421,8 @@ def all_cases(device: torch.device) -> list[Case]:
     """Every case, group by group so that a group's cases run side by side."""
     return [Case(kind, algo, role, v)
             for kind, algo in GROUPS
-            for role in ("mrbench", "peer", "ceiling")
-            for v in variants(kind, role, device)]
+            for role in ("mrbench", "peer", "reference", "ceiling")
+            for v in variants(kind, role, device, algo)]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -459,14 +535,12 @@ def train_workload(case: Case, device: torch.device) -> Workload:
 
         return Workload(step, "step", 1, n_images, {**info, "default_plan": case.variant == train_plan(device)})
 
-    cl = case.variant == "channels_last"
-    model = peer_model(params, channels_last=cl)
-    s = peer_settings(algo)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    runner = peer_runner(case.role, case.variant, algo, params)
+    opt = torch.optim.Adam(runner.model.parameters(), lr=lr)
 
     def peer_step() -> float:
         opt.zero_grad(set_to_none=True)
-        loss = peer_meta_loss_backward(model, s, episodes, SPEC.n_way, channels_last=cl)
+        loss = runner.loss_backward(episodes)
         opt.step()
         sync(device)
         return loss
@@ -496,12 +570,10 @@ def eval_workload(case: Case, device: torch.device) -> Workload:
         return Workload(predict, "episode", EVAL_EPISODES, n_images,
                         {**info, "default_plan": case.variant == eval_plan(device)})
 
-    cl = case.variant == "channels_last"
-    model = peer_model(params, channels_last=cl)
-    s = peer_settings(algo)
+    runner = peer_runner(case.role, case.variant, algo, params)
 
     def peer_predict() -> None:
-        peer_predict_episodes(model, s, episodes, SPEC.n_way, channels_last=cl)
+        runner.predict(episodes)
         sync(device)
 
     return Workload(peer_predict, "episode", EVAL_EPISODES, n_images, info)
@@ -582,64 +654,65 @@ def _close(a: Tensor, b: Tensor, rtol: float = 1e-9, scale: float | None = None)
     return err <= rtol, err
 
 
+def _compared_variants(kind: str, algo_id: str, device: torch.device) -> list[tuple[str, str]]:
+    """(role, variant) of every timed case the check compares with the plain reference;
+    a peer whose library is not installed is left out (its timed cases skip)."""
+    out = [("mrbench", v) for v in variants(kind, "mrbench", device)]
+    out += [("reference", v) for v in variants(kind, "reference", device) if v != "plain"]
+    out += [("peer", v) for v in variants(kind, "peer", device, algo_id) if peers.available(peers.library_of(v))]
+    return out
+
+
 @functools.cache
 def _same_computation(kind: str, algo_id: str, device_str: str) -> str | None:
-    """Compare mrbench and the peer in float64 on the same parameters and episodes, for
-    every variant that is timed on ``device``; ``None`` if all agree, else the mismatch."""
+    """Compare mrbench, the reference and the peer libraries in float64 on the same
+    parameters and episodes, for every variant that is timed on ``device``; ``None`` if
+    all agree with the plain reference, else the mismatches."""
     device = torch.device(device_str)
     algo = make_algorithm(algo_id, kind)
-    s = peer_settings(algo)
     episodes = random_episodes(GUARD_EPISODES, SPEC, SEED + 4, device, torch.float64)
+    params = initial_params(algo, device, torch.float64)
+    ref = peer_runner("reference", "plain", algo, params)
     problems = []
     if kind == "train":
-        model = peer_model(initial_params(algo, device, torch.float64))
-        ref_loss = peer_meta_loss_backward(model, s, episodes, SPEC.n_way)
-        ref_grads = {k: p.grad for k, p in model.named_parameters()}
+        ref_loss = ref.loss_backward(episodes)
+        ref_grads = {k: p.grad for k, p in ref.model.named_parameters()}
         # Relative to the largest meta-gradient entry of any tensor: a conv bias followed by
         # batch-statistics BatchNorm has an exactly-zero gradient, i.e. rounding noise.
         scale = max(float(g.abs().max()) for g in ref_grads.values())
         if scale == 0.0:
-            problems.append("the peer's meta-gradient is zero")
-        for v in variants(kind, "mrbench", device):
-            params = initial_params(algo, device, torch.float64, requires_grad=True)
-            loss = meta_loss_backward(algo, params, episodes, SPEC.n_way, execution(v))
+            problems.append("the reference's meta-gradient is zero")
+        for role, v in _compared_variants(kind, algo_id, device):
+            if role == "mrbench":
+                leaves = initial_params(algo, device, torch.float64, requires_grad=True)
+                loss = meta_loss_backward(algo, leaves, episodes, SPEC.n_way, execution(v))
+                grads = {k: p.grad for k, p in leaves.items()}
+            else:
+                runner = peer_runner(role, v, algo, params)
+                loss = runner.loss_backward(episodes)
+                grads = {k: p.grad for k, p in runner.model.named_parameters()}
             if abs(loss - ref_loss) > 1e-9 * max(1.0, abs(ref_loss)):
-                problems.append(f"mrbench {v}: loss {loss!r} != peer {ref_loss!r}")
-            for k, p in params.items():
-                ok, err = _close(p.grad, ref_grads[k], rtol=1e-8, scale=scale)
+                problems.append(f"{role} {v}: loss {loss!r} != reference {ref_loss!r}")
+            for k, g in ref_grads.items():
+                ok, err = _close(grads[k], g, rtol=1e-8, scale=scale) if grads.get(k) is not None else (False, math.inf)
                 if not ok:
-                    problems.append(f"mrbench {v}: meta-gradient of {k} differs by {err:.2e} (relative)")
-        for v in variants(kind, "peer", device):
-            if v == "plain":
-                continue
-            other = peer_model(initial_params(algo, device, torch.float64), channels_last=True)
-            loss = peer_meta_loss_backward(other, s, episodes, SPEC.n_way, channels_last=True)
-            if abs(loss - ref_loss) > 1e-9 * max(1.0, abs(ref_loss)):
-                problems.append(f"peer {v}: loss {loss!r} != plain peer {ref_loss!r}")
-            for k, p in other.named_parameters():
-                ok, err = _close(p.grad, ref_grads[k], rtol=1e-8, scale=scale)
-                if not ok:
-                    problems.append(f"peer {v}: meta-gradient of {k} differs from the plain peer's by {err:.2e}")
+                    problems.append(f"{role} {v}: meta-gradient of {k} differs from the reference's by {err:.2e}")
     else:
-        params = initial_params(algo, device, torch.float64)
-        ref = peer_predict_episodes(peer_model(params), s, episodes, SPEC.n_way)
-        for v in variants(kind, "mrbench", device):
-            ok, err = _close(predict_episodes(algo, params, episodes, SPEC.n_way, execution(v)), ref)
+        ref_logits = ref.predict(episodes)
+        for role, v in _compared_variants(kind, algo_id, device):
+            if role == "mrbench":
+                logits = predict_episodes(algo, params, episodes, SPEC.n_way, execution(v))
+            else:
+                logits = peer_runner(role, v, algo, params).predict(episodes)
+            ok, err = _close(logits, ref_logits)
             if not ok:
-                problems.append(f"mrbench {v}: logits differ from the peer's by {err:.2e} (relative)")
-        for v in variants(kind, "peer", device):
-            if v == "plain":
-                continue
-            logits = peer_predict_episodes(peer_model(params, channels_last=True), s, episodes, SPEC.n_way, True)
-            ok, err = _close(logits, ref)
-            if not ok:
-                problems.append(f"peer {v}: logits differ from the plain peer's by {err:.2e} (relative)")
+                problems.append(f"{role} {v}: logits differ from the reference's by {err:.2e} (relative)")
     return "; ".join(problems) or None
 
 
 @pytest.mark.parametrize("kind,algo_id", GROUPS, ids=[f"{k}-{a}" for k, a in GROUPS])
 def test_same_computation(kind: str, algo_id: str, bench_cfg) -> None:
-    """mrbench and the peer compute the same thing (float64; not timed)."""
+    """mrbench, the reference and the peer libraries compute the same thing (float64; not timed)."""
     problem = _same_computation(kind, algo_id, str(bench_cfg.device))
     assert problem is None, problem
 
@@ -651,20 +724,33 @@ WORKLOADS: dict[str, Callable[[Case, torch.device], Workload]] = {
     "train": train_workload, "eval": eval_workload, "eval-support": eval_workload}
 
 
-def test_throughput(benchmark, bench_cfg, case: Case) -> None:
-    """Time one case; record its rate denominators and peak memory in ``extra_info``."""
-    device = bench_cfg.device
-    problem = _same_computation(case.kind, case.algo, str(device))
-    if problem is not None:
-        pytest.fail(f"not timed: mrbench and the peer disagree ({problem})")
-    work = WORKLOADS[case.kind](case, device)
-    benchmark.group = case.group
+def time_case(benchmark, cfg, flop_cache: FlopCache, *, kind: str, algo: str, role: str, variant: str,
+              work: Workload) -> None:
+    """Count one call's FLOPs (once per case and run, untimed), then time ``work`` with
+    pytest-benchmark; the case's description, FLOPs and peak memory go to ``extra_info``."""
+    device = cfg.device
+    if role == "peer":
+        lib = peers.library_of(variant)
+        work.info.update(library=lib, library_version=peers.version(lib))
+    benchmark.group = f"{kind} {algo}"
     benchmark.extra_info.update(
-        kind=case.kind, algorithm=case.algo, role=case.role, variant=case.variant,
+        kind=kind, algorithm=algo, role=role, variant=variant,
         unit=work.unit, units_per_call=work.units_per_call, images_per_call=work.images_per_call,
         shape=f"{SPEC.n_way}w{SPEC.k_shot}s{SPEC.n_query}q", image_shape=list(SPEC.image_shape),
         device=str(device), torch_threads=torch.get_num_threads(), **work.info,
     )
+    benchmark.extra_info.update(flop_cache.get(f"{device.type}/{kind}/{algo}/{role}/{variant}", work.fn))
     with PeakMemory(device) as mem:
-        benchmark.pedantic(work.fn, rounds=bench_cfg.rounds, warmup_rounds=bench_cfg.warmup_rounds, iterations=1)
+        benchmark.pedantic(work.fn, rounds=cfg.rounds, warmup_rounds=cfg.warmup_rounds, iterations=1)
     benchmark.extra_info.update(mem.info)
+
+
+def test_throughput(benchmark, bench_cfg, flop_cache, case: Case) -> None:
+    """Time one case; record its rate denominators, FLOPs and peak memory in ``extra_info``."""
+    device = bench_cfg.device
+    problem = _same_computation(case.kind, case.algo, str(device))
+    if problem is not None:
+        pytest.fail(f"not timed: the implementations disagree ({problem})")
+    work = WORKLOADS[case.kind](case, device)
+    time_case(benchmark, bench_cfg, flop_cache, kind=case.kind, algo=case.algo, role=case.role,
+              variant=case.variant, work=work)

@@ -10,11 +10,11 @@ not depend on training). One call produces the query logits of
   the plan evaluation uses on the CPU; ``loop``: the same without channels-last;
   ``vmap/<N>``: every episode of the call batched in one ``torch.func.vmap`` (the plan
   on CUDA, with chunks of 64).
-- ``ceiling``: an inference forward of the conv4 ``nn.Module`` over the same images in
-  one batch (channels-last). Learners that adapt by gradient steps (MAML: 3, ANIL and
+- ``ceiling``: an inference forward of the conv4 ``nn.Module`` over the same images,
+  channels-last, one episode's images at a time (on CUDA: in one batch). Learners that adapt by gradient steps (MAML: 3, ANIL and
   Meta-SGD: 1 or more, Reptile: 50, fine-tuning: 100 steps of the head) do several
-  passes per image, so their fraction of this ceiling is low by construction; the
-  number to read for them is the batched-vs-loop ratio.
+  passes per image; the report compares GFLOP/s, which counts those passes
+  (``benchmarks/flops.py``), and the batched-vs-loop ratio.
 """
 
 from __future__ import annotations
@@ -22,17 +22,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.execution import predict_episodes
+from bench.execution import pick_device, predict_episodes
 from bench.plugins import get_registry
-from benchmarks.test_throughput import (SEED, SPEC, Case, PeakMemory, Workload, ceiling_workload, eval_plan, execution,
-                                        images_per_episode, initial_params, random_episodes, sync)
+from benchmarks.test_throughput import (SEED, SPEC, Case, Workload, ceiling_variants, ceiling_workload, eval_plan,
+                                        execution, images_per_episode, initial_params, random_episodes, sync, time_case)
 
 ZOO_EPISODES = 20
 """Episodes per call (fewer than the two-algorithm eval groups: Reptile adapts with 50 steps)."""
 ALGORITHMS = sorted(get_registry().ids("algorithm"))
-VARIANTS = (("mrbench", "loop+channels_last"), ("mrbench", "loop"), ("mrbench", f"vmap/{ZOO_EPISODES}"),
-            ("ceiling", "batch=all+channels_last"))
-CASES = [(algo, role, variant) for algo in ALGORITHMS for role, variant in VARIANTS]
+MRBENCH_VARIANTS = ("loop+channels_last", "loop", f"vmap/{ZOO_EPISODES}")
+
+
+def zoo_cases(device: torch.device) -> list[tuple[str, str, str]]:
+    """(algorithm, role, variant) of every case timed on ``device``: the mrbench variants and
+    the fastest ceiling variant measured on that device (channels-last; per episode on the CPU)."""
+    ceiling = [v for v in ceiling_variants(device, images_per_episode(SPEC)) if v.endswith("+channels_last")][0]
+    return [(algo, role, v) for algo in ALGORITHMS
+            for role, v in [("mrbench", m) for m in MRBENCH_VARIANTS] + [("ceiling", ceiling)]]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "zoo_case" in metafunc.fixturenames:
+        cases = zoo_cases(pick_device(metafunc.config.getoption("--bench-device")))
+        metafunc.parametrize("zoo_case", cases, ids=["-".join(c) for c in cases])
 
 
 def _workload(algo_id: str, role: str, variant: str, device: torch.device) -> Workload:
@@ -53,17 +65,7 @@ def _workload(algo_id: str, role: str, variant: str, device: torch.device) -> Wo
     return Workload(predict, "episode", ZOO_EPISODES, n_images, info)
 
 
-@pytest.mark.parametrize("algo_id,role,variant", CASES, ids=["-".join(c) for c in CASES])
-def test_zoo_eval_throughput(benchmark, bench_cfg, algo_id: str, role: str, variant: str) -> None:
-    device = bench_cfg.device
-    work = _workload(algo_id, role, variant, device)
-    benchmark.group = f"eval-zoo {algo_id}"
-    benchmark.extra_info.update(
-        kind="eval-zoo", algorithm=algo_id, role=role, variant=variant, unit=work.unit,
-        units_per_call=work.units_per_call, images_per_call=work.images_per_call,
-        shape=f"{SPEC.n_way}w{SPEC.k_shot}s{SPEC.n_query}q", image_shape=list(SPEC.image_shape),
-        device=str(device), torch_threads=torch.get_num_threads(), **work.info,
-    )
-    with PeakMemory(device) as mem:
-        benchmark.pedantic(work.fn, rounds=bench_cfg.rounds, warmup_rounds=bench_cfg.warmup_rounds, iterations=1)
-    benchmark.extra_info.update(mem.info)
+def test_zoo_eval_throughput(benchmark, bench_cfg, flop_cache, zoo_case: tuple[str, str, str]) -> None:
+    algo_id, role, variant = zoo_case
+    work = _workload(algo_id, role, variant, bench_cfg.device)
+    time_case(benchmark, bench_cfg, flop_cache, kind="eval-zoo", algo=algo_id, role=role, variant=variant, work=work)
