@@ -1,11 +1,20 @@
-"""Every registered algorithm, first-party or not, passes the contract checks."""
+"""Every registered algorithm, first-party or not, passes the contract checks; known-bad
+learners fail them, each with one clear message."""
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+import torch
+
+from bench.components import Algorithm, EpisodeSpec, Params
+from bench.nn import Conv4Options, SupportStatsBN, class_means, conv4, init_conv4, sq_euclidean
 from bench.plugins import get_registry
-from bench.testing import ALGORITHM_CHECKS
+from bench.testing import (
+    ALGORITHM_CHECKS, GRADIENT_SPEC, ContractError, VariantCheck, algorithm_contract_tests, check_input_gradients,
+    check_query_independence,
+)
 
 REGISTRY = get_registry()
 ALGORITHMS = REGISTRY.ids("algorithm")
@@ -87,3 +96,146 @@ def test_fomaml_meta_gradient_is_the_query_gradient_at_the_adapted_weights():
     expected = torch.func.grad(query_loss)(phi)
     for k in params:
         torch.testing.assert_close(p[k].grad, expected[k], rtol=1e-9, atol=1e-12)
+
+
+# --- known-bad learners: each fails the shipped checks with one clear message ------------
+
+
+class SmallProto(SupportStatsBN, Algorithm):
+    """ProtoNet on a narrow conv4 (8 channels): what the known-bad learners below break."""
+
+    id = "test-small-proto"
+
+    class Options(Conv4Options):
+        hidden: int = 8
+
+    def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
+        return init_conv4(generator, in_channels=spec.image_shape[0], hidden=self.options.hidden)
+
+    def embed_support(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adapt(self, params: Params, x_support, y_support, *, n_way: int, train: bool = False) -> Any:
+        z, stats = conv4(params, self.embed_support(x_support))
+        return {"centroids": class_means(self.centroid_input(z), y_support, n_way), "stats": stats}
+
+    def centroid_input(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def predict(self, params: Params, state: Any, x_query) -> torch.Tensor:
+        z, _ = conv4(params, x_query, self.query_stats(state["stats"]))
+        return -sq_euclidean(z, state["centroids"])
+
+
+class DetachedSupport(SmallProto):
+    """Cuts the support embeddings off the graph; the BatchNorm statistics of the support,
+    which normalise the queries, still leak a tiny gradient to x_support."""
+
+    id = "test-detached-support"
+
+    def centroid_input(self, z):
+        return z.detach()
+
+
+class ScaledSupportGradient(SmallProto):
+    """The identity on the support images forward, their gradient scaled by 1e-3 backward."""
+
+    id = "test-scaled-support-gradient"
+
+    def embed_support(self, x):
+        return x.detach() + 1e-3 * (x - x.detach())
+
+
+class DetachedQuery(SmallProto):
+    id = "test-detached-query"
+
+    def predict(self, params, state, x_query):
+        return super().predict(params, state, x_query.detach())
+
+
+class TransposedLogits(SmallProto):
+    """Returns logits [n_way, n_query_total], a common slip."""
+
+    id = "test-transposed-logits"
+
+    def predict(self, params, state, x_query):
+        return super().predict(params, state, x_query).T
+
+
+class SecretlyTransductive(SmallProto):
+    """Normalises queries with their own batch statistics whatever ``bn`` says, but declares
+    itself transductive only for bn='batch'."""
+
+    id = "test-secretly-transductive"
+
+    def query_stats(self, support_stats):
+        return None
+
+
+def failures(algo: Algorithm) -> dict[str, BaseException]:
+    """Every shipped check run on ``algo``: the failures by check name."""
+    out = {}
+    for check in ALGORITHM_CHECKS:
+        try:
+            check(algo)
+        except Exception as exc:
+            out[check.__name__] = exc
+    return out
+
+
+def test_the_small_learner_the_bad_ones_derive_from_passes_every_check():
+    assert failures(SmallProto()) == {}
+
+
+@pytest.mark.parametrize("cls", [DetachedSupport, ScaledSupportGradient], ids=lambda c: c.id)
+def test_a_cut_or_rescaled_support_gradient_fails_only_the_gradient_check(cls):
+    found = failures(cls())
+    assert set(found) == {"check_input_gradients"}, found
+    message = str(found["check_input_gradients"])
+    assert isinstance(found["check_input_gradients"], ContractError)
+    assert "x_support (through adapt)" in message and "does not match finite differences" in message
+    assert "(autograd) vs" in message and "(finite differences)" in message
+    if cls is ScaledSupportGradient:
+        assert "autograd is 0.001x the true size" in message
+
+
+def test_the_detached_support_still_leaks_a_gradient_the_old_check_accepted():
+    # The old check only asked for a non-zero gradient; BatchNorm statistics provide one.
+    algo = DetachedSupport()
+    from bench.testing import init_params, random_episodes
+
+    params = init_params(algo, spec=GRADIENT_SPEC, dtype=torch.float64)
+    ep = random_episodes(spec=GRADIENT_SPEC, n_episodes=1, dtype=torch.float64)[0]
+    xs = ep.x_support.clone().requires_grad_(True)
+    logits = algo.predict(params, algo.adapt(params, xs, ep.y_support, n_way=3), ep.x_query)
+    (g,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, ep.y_query), (xs,))
+    assert g.abs().sum() > 0
+
+
+def test_a_cut_query_gradient_is_named():
+    with pytest.raises(ContractError, match=r"no gradient of the query loss reaches x_query \(through predict\)"):
+        check_input_gradients(DetachedQuery())
+
+
+def test_a_wrong_logits_shape_gives_one_message_about_the_shape():
+    found = failures(TransposedLogits())
+    assert "check_logits_shape" in found and len(found) >= 5, found
+    messages = {str(exc) for exc in found.values()}
+    assert len(messages) == 1, messages  # one message, whichever check ran into it
+    (message,) = messages
+    assert all(isinstance(exc, ContractError) for exc in found.values()), {k: type(v) for k, v in found.items()}
+    assert "predict returned logits of shape [3, 6]" in message and "[n_query_total, n_way] = [6, 3]" in message
+    assert "transductive" not in message
+
+
+def test_a_transductive_variant_listed_first_does_not_hide_the_default_one():
+    # As a plugin's test would write it: the bn='batch' variant first, then the default.
+    check = VariantCheck(check_query_independence, Algorithm)
+    check(SecretlyTransductive(bn="batch"))  # declared transductive: nothing to check, and no skip
+    with pytest.raises(ContractError, match="test-secretly-transductive: query 0's logits differ"):
+        check(SecretlyTransductive())
+    with pytest.raises(ContractError, match=r"failed for 1 of 2 variants:\n- test-secretly-transductive: "):
+        check(SecretlyTransductive(bn="batch"), SecretlyTransductive())
+
+
+test_helper_checks_every_variant = algorithm_contract_tests(SmallProto, SmallProto(bn="batch"))
