@@ -443,8 +443,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from bench.scaffold import new_plugin
 
-    target = new_plugin(args.name, args.dir)
-    print(f"plugin distribution written to {target}; next: cd {target} && pip install -e . && pytest "
+    target = new_plugin(args.name, args.dir, kind=args.kind)
+    print(f"{args.kind} plugin distribution written to {target}; next: cd {target} && pip install -e . && pytest "
           "(see its README.md)")
     return 0
 
@@ -590,8 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=None, help=root_help)
     sp.set_defaults(func=cmd_leaderboard)
 
-    sp = sub.add_parser("new-plugin", help="generate an algorithm plugin distribution (entry point, skeleton, tests)")
-    sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo")
+    sp = sub.add_parser("new-plugin", help="generate a plugin distribution (entry point, working skeleton, contract "
+                        "tests) for an algorithm, attack, shift or dataset")
+    sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo (the component id drops 'mrbench-')")
+    sp.add_argument("--kind", default="algorithm", choices=["algorithm", "attack", "shift", "dataset"],
+                    help="the component it registers (default: algorithm)")
     sp.add_argument("--dir", default=".", help="parent folder (default: the current one)")
     sp.set_defaults(func=cmd_new_plugin)
     return p

@@ -315,6 +315,10 @@ def _check_against_suite(entry: ResultEntry, suite: Suite, path: Path, problems:
                   if sub is not None else "")
         problems.add(path, "suite.n_episodes", f"{s.n_episodes}, but suite {suite.ref} has {suite.n_episodes} "
                      f"episodes: a leaderboard entry evaluates all of them{subset} (no other --episodes)")
+        # Its manifest is that of its own episodes (e.g. the first N with --episodes N), so it
+        # differs from the pinned one for the reason just given: one message, not a second one
+        # claiming other episodes.
+        pinned = s.manifest_sha256
     if s.manifest_sha256 != pinned:
         problems.add(path, "suite.manifest_sha256", f"{s.manifest_sha256} does not match the manifest hash "
                      f"{pinned} {pinned_by}: evaluated on other episodes")
