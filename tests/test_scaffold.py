@@ -110,3 +110,38 @@ def test_new_plugin_refuses_an_unknown_kind_and_an_id_of_that_kind(tmp_path, cap
     assert not (tmp_path / "mrbench-fgsm").exists()
     # The same name is free as another kind: ids are unique per kind.
     assert main(["new-plugin", "mrbench-fgsm", "--kind", "shift", "--dir", str(tmp_path)]) == 0
+
+
+def test_the_package_root_exports_the_plugin_surface_lazily():
+    import subprocess
+
+    import bench
+    import bench.components
+    import bench.hookspecs
+
+    assert bench.hookimpl is bench.hookspecs.hookimpl and bench.Attack is bench.components.Attack
+    assert all(getattr(bench, name) is not None for name in bench.__all__)
+    code = "import sys, bench; assert 'torch' not in sys.modules, 'import bench imported torch'; bench.hookimpl"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_run_torchattacks_is_the_documented_form_of_torchattacks_query():
+    import torch
+
+    from bench.attacks import Victim, run_torchattacks, torchattacks_query
+    from bench.testing import PixelCentroid, attack_episodes
+
+    torchattacks = pytest.importorskip("torchattacks")
+    algo = PixelCentroid()
+    victim = Victim(algo, {"scale": torch.ones(())}, 2)
+    ep = attack_episodes()
+
+    def make(model):
+        return torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=3, random_start=True)
+
+    a = run_torchattacks(victim, ep, make, torch.Generator().manual_seed(1))
+    b = torchattacks_query(victim, ep, make, torch.Generator().manual_seed(1), per_episode=False)
+    assert torch.equal(a.x_query, b.x_query) and not torch.equal(a.x_query, ep.x_query)
+    assert a.x_support is ep.x_support
+    assert "deterministic under ``generator``" in run_torchattacks.__doc__
