@@ -229,6 +229,46 @@ def torchattacks_query(victim: Victim, episodes: Episode, make: Any, generator: 
     return Episode(episodes.x_support, episodes.y_support, x_query, episodes.y_query)
 
 
+def run_torchattacks(victim: Victim, episodes: Episode, make: Any, generator: torch.Generator, *,
+                     per_episode: bool = False) -> Episode:
+    """Attack the queries of ``episodes`` with a ``torchattacks`` attack: the public way to
+    wrap one in an :class:`bench.components.Attack` plugin (query target).
+
+    The learners adapted on each episode's clean support set (``adapt(train=False)``,
+    without gradient) become one ``nn.Module`` over the queries of all episodes
+    (:class:`QueryModule`: ``[E*Q, C, H, W]`` images in, ``[E*Q, n_way]`` logits out), and
+    ``make(module)`` builds the torchattacks attack on it; the result holds the
+    adversarial queries with the support and labels untouched. torchattacks' random
+    draws (random starts, restarts) come from torch's global RNG; they run seeded from
+    ``generator`` and the global state is restored afterwards, so the result is
+    deterministic under ``generator`` (see :func:`seeded_global_rng`)::
+
+        class MIFGSM(Attack):
+            id, norm, targets = "mi-fgsm", "linf", ("query",)
+
+            def perturb(self, victim, episodes, eps, target, generator):
+                import torchattacks
+
+                return run_torchattacks(victim, episodes, lambda model: torchattacks.MIFGSM(
+                    model, eps=eps, alpha=eps / 10, steps=10, decay=1.0), generator)
+
+    The harness checks the result (eps ball, [0, 1], support untouched) after every call.
+    An attack whose own argument is a seed (APGD, Square, FAB) should get one drawn from
+    ``generator``.
+
+    :param victim: the attacked learner the harness passes to ``perturb``.
+    :param episodes: the clean episodes ``[E, ...]`` ``perturb`` got.
+    :param make: ``module -> torchattacks.Attack``; called once per group of episodes.
+    :param generator: ``perturb``'s generator.
+    :param per_episode: attack one episode at a time. Needed by attacks that evaluate
+        only the points not yet fooled (APGD, Square, FAB, MultiAttack), since the module
+        of several episodes only takes all their queries at once; attacks that always
+        evaluate the whole batch (FGSM, PGD, MI-FGSM, CW) attack every episode in one call.
+    :returns: new episodes, queries attacked.
+    """
+    return torchattacks_query(victim, episodes, make, generator, per_episode=per_episode)
+
+
 # --- mrbench's own batched PGD through adaptation --------------------------------
 
 

@@ -39,11 +39,19 @@ def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
+PIPED_WIDTH = 1000
+"""Console width when the output is not a terminal: wide enough that no table wraps an id
+(rich would otherwise assume 80 columns and fold cells)."""
+
+
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    # soft_wrap: never break a printed path across lines (people copy them).
-    return Console(stderr=stderr, soft_wrap=True)
+    stream = sys.stderr if stderr else sys.stdout
+    # soft_wrap: never break a printed path across lines (people copy them). Piped or
+    # redirected output gets no width limit, so tables keep one line per row (grep, awk).
+    width = None if stream.isatty() else PIPED_WIDTH
+    return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
 def _reporter(unit: str, quiet: bool):
@@ -588,8 +596,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_new_plugin(args: argparse.Namespace) -> int:
     from bench.scaffold import new_plugin
 
-    target = new_plugin(args.name, args.dir)
-    print(f"plugin distribution written to {target}; next: cd {target} && pip install -e . && pytest "
+    target = new_plugin(args.name, args.dir, kind=args.kind)
+    print(f"{args.kind} plugin distribution written to {target}; next: cd {target} && pip install -e . && pytest "
           "(see its README.md)")
     return 0
 
@@ -607,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
     def training(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--seed", type=int, default=0, help="training seed: initial weights and episodes (default 0)")
         sp.add_argument("--meta-batch", type=int, default=None, help="episodes per step (default: the algorithm's)")
         sp.add_argument("--lr", type=float, default=None, help="outer Adam learning rate (default: the algorithm's)")
         sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="algorithm option (repeatable)")
@@ -623,8 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_suites)
 
     sp = sub.add_parser("train", help="meta-train an algorithm on a suite's meta-train split")
-    sp.add_argument("algorithm")
-    sp.add_argument("--suite", required=True)
+    sp.add_argument("algorithm", help="algorithm id (`mrbench plugins` lists them)")
+    sp.add_argument("--suite", required=True, help="suite id, or id@vN (`mrbench suites` lists them)")
     sp.add_argument("--steps", type=int, default=None, help="outer steps (default: the algorithm's)")
     sp.add_argument("--out", required=True, help="checkpoint path (rerun the same command to resume)")
     sp.add_argument("--adv-train", default=None, metavar="ATTACK[opts]",
@@ -702,10 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_attacks)
 
     sp = sub.add_parser("run", help="the main job: train and evaluate (default: protonet on built-in glyphs)")
-    sp.add_argument("--algorithm", default="protonet")
-    sp.add_argument("--suite", default="glyphs-5w1s")
-    sp.add_argument("--steps", type=int, default=300)
-    sp.add_argument("--episodes", type=int, default=None)
+    sp.add_argument("--algorithm", default="protonet", help="algorithm id (default: protonet)")
+    sp.add_argument("--suite", default="glyphs-5w1s", help="suite id, or id@vN (default: glyphs-5w1s, no files needed)")
+    sp.add_argument("--steps", type=int, default=300, help="outer training steps (default 300)")
+    sp.add_argument("--episodes", type=int, default=None,
+                    help="evaluate on the suite's first N episodes only (default: all; not a leaderboard entry)")
     sp.add_argument("--out", default="mrbench-runs", help="output folder (default: ./mrbench-runs)")
     training(sp)
     common(sp)
@@ -769,8 +778,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=None, help=root_help)
     sp.set_defaults(func=cmd_leaderboard)
 
-    sp = sub.add_parser("new-plugin", help="generate an algorithm plugin distribution (entry point, skeleton, tests)")
-    sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo")
+    sp = sub.add_parser("new-plugin", help="generate a plugin distribution (entry point, working skeleton, contract "
+                        "tests) for an algorithm, attack, shift or dataset")
+    sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo (the component id drops 'mrbench-')")
+    sp.add_argument("--kind", default="algorithm", choices=["algorithm", "attack", "shift", "dataset"],
+                    help="the component it registers (default: algorithm)")
     sp.add_argument("--dir", default=".", help="parent folder (default: the current one)")
     sp.set_defaults(func=cmd_new_plugin)
     return p

@@ -56,6 +56,7 @@ from bench.suites import Suite, all_suites, read_suite, suites_dirs
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 ALPHA = 0.05
 """Significance level of the paired test that separates adjacent ranks."""
@@ -337,6 +338,10 @@ def _check_against_suite(entry: ResultEntry, suite: Suite, path: Path, problems:
                   if sub is not None else "")
         problems.add(path, "suite.n_episodes", f"{s.n_episodes}, but suite {suite.ref} has {suite.n_episodes} "
                      f"episodes: a leaderboard entry evaluates all of them{subset} (no other --episodes)")
+        # Its manifest is that of its own episodes (e.g. the first N with --episodes N), so it
+        # differs from the pinned one for the reason just given: one message, not a second one
+        # claiming other episodes.
+        pinned = s.manifest_sha256
     if s.manifest_sha256 != pinned:
         problems.add(path, "suite.manifest_sha256", f"{s.manifest_sha256} does not match the manifest hash "
                      f"{pinned} {pinned_by}: evaluated on other episodes")
@@ -1004,5 +1009,35 @@ def show(suite: str | None = None, root: str | Path | None = None, console: Cons
                          _p(r.p_vs_above), _pct(rep.accuracy) if rep else "", markers[r.entry.name], r.entry.name]
                 table.add_row(*(Text(c) for c in cells))  # Text: "[1]" is a note marker, not markup
             console.print(table)
+        robust = _robustness_table(board, rows, markers)
+        if robust is not None:
+            console.print(robust)
         for n in notes:
             console.print(n, highlight=False, markup=False)
+
+
+def _robustness_table(board: Board, rows: list[Row], markers: dict[str, str]) -> "Table | None":
+    """The terminal form of table.md's "Robustness and shifts" section (same columns and
+    cells), or ``None`` when no entry has a scenario other than clean."""
+    from rich.table import Table
+    from rich.text import Text
+
+    columns = robust_columns(rows)
+    shown = [r for r in rows if set(r.entry.entry.metrics) - {"clean"}]
+    if not columns or not shown:
+        return None
+    table = Table(title=f"{board.suite.ref}: accuracy (%) under attacks (ATTACK@EPS:TARGET) and shifts, ± 95% CI",
+                  title_justify="left")
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("algorithm", no_wrap=True)
+    table.add_column("clean %", justify="right", no_wrap=True)
+    for c in columns:
+        table.add_column(c, justify="right", no_wrap=True)
+    table.add_column("entry", overflow="fold", min_width=12)
+    for r in shown:
+        en = r.entry.entry
+        name = f"{en.algorithm.id} v{en.algorithm.version}" + (f" {markers[r.entry.name]}" if markers[r.entry.name] else "")
+        cells = [r.rank, name, _pct(en.metrics["clean"].accuracy)] + [_robust_cell(board, en, c) for c in columns] + [
+            r.entry.name]
+        table.add_row(*(Text(c) for c in cells))
+    return table

@@ -7,14 +7,16 @@ any change that can move a number bumps the version (a new folder, a new table).
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.components import EpisodeSpec
-from bench.errors import MrbenchError, UnknownComponentError
+from bench.errors import MrbenchError
 
 if TYPE_CHECKING:
     from bench.components import Dataset, ImageSplit
@@ -150,11 +152,41 @@ def all_suites() -> dict[str, Suite]:
 
 
 def get_suite(name: str) -> Suite:
-    """Look a suite up by ``id`` (latest version) or ``id@vN``."""
+    """Look a suite up by ``id`` (latest version) or ``id@vN``.
+
+    :raises MrbenchError: an unknown suite, listing the known ones; for an unknown
+        version of a known suite, its versions (and that a lower one was retired).
+    """
     suites = all_suites()
-    if name not in suites:
-        raise UnknownComponentError("suite", name, sorted(k for k in suites if "@" not in k))
-    return suites[name]
+    if name in suites:
+        return suites[name]
+    known = sorted(k for k in suites if "@" not in k)
+    suite_id, at, version = name.partition("@")
+    if at and suite_id in suites:
+        latest = suites[suite_id]
+        versions = ", ".join(k for k in sorted(suites) if k.startswith(f"{suite_id}@"))
+        m = re.fullmatch(r"v(\d+)", version)
+        if m and int(m.group(1)) < latest.version:
+            raise MrbenchError(
+                f"Suite {name} was retired; the versions of {suite_id} available are {versions} (the latest one's "
+                f"file, {_display(latest.path)}, says what changed).",
+                f"Use --suite {suite_id} (its latest version); `mrbench suites` lists the suites and their versions.")
+        raise MrbenchError(f"Suite {suite_id} has no version {version!r}; its versions: {versions}.",
+                           f"Use --suite {suite_id} (the latest version); `mrbench suites` lists every suite.")
+    guess = difflib.get_close_matches(suite_id, known, n=1)
+    raise MrbenchError(f"Unknown suite {name!r}.{f' Did you mean {guess[0]!r}?' if guess else ''}",
+                       f"Known suites: {', '.join(known) or '(none)'}. Run `mrbench suites` to list them with their "
+                       "versions.")
+
+
+def _display(path: Path | None) -> str:
+    """``path`` relative to the working directory where it is under it."""
+    if path is None:
+        return "(unknown file)"
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def load_data(ref: DataRef, registry: "Registry", root: str | Path | None = None) -> tuple["Dataset", "ImageSplit"]:

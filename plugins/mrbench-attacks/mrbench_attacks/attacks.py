@@ -120,14 +120,33 @@ class PGDL2(_PGD):
         return _ta().PGDL2(module, eps=eps, alpha=_rel_step(o) * eps, steps=o.steps, random_start=o.random_start)
 
 
+class _NonNegativeLogits(torch.nn.Module):
+    """A query module's logits minus their per-row minimum: the same softmax and argmax,
+    every logit >= 0. torchattacks' CW takes the largest other-class logit as
+    ``max((1 - onehot) * logits)``, which is the masked-out 0 whenever every logit is
+    negative (distance-based learners: ProtoNet's are minus squared distances); its loss
+    is then constant and CW returns the clean images."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.module(x)
+        return logits - logits.min(dim=-1, keepdim=True).values
+
+
 class CWL2(Attack):
     """Carlini-Wagner L2 (``torchattacks.CW``), projected onto the eps L2 ball.
 
     CW minimises the perturbation size rather than staying in a budget; the result is
     projected onto the ball of radius eps (and [0, 1]) so it is scored under the same
-    threat model as the others."""
+    threat model as the others. It attacks the logits shifted to be non-negative
+    (:class:`_NonNegativeLogits`; version 2: version 1 left every learner with negative
+    logits unattacked)."""
 
     id = "cw-l2"
+    version = "2"
     norm = "l2"
     targets = ("query",)
 
@@ -139,7 +158,7 @@ class CWL2(Attack):
 
     def perturb(self, victim, episodes, eps, target, generator):
         o = self.options
-        adv = torchattacks_query(victim, episodes, lambda m: _ta().CW(m, c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr),
+        adv = torchattacks_query(victim, episodes, lambda m: _ta().CW(_NonNegativeLogits(m), c=o.c, kappa=o.kappa, steps=o.steps, lr=o.lr),
                                  generator, per_episode=False)
         d = project(adv.x_query - episodes.x_query, eps, "l2")
         xq = (episodes.x_query + d).clamp(0, 1)
