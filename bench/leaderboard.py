@@ -432,9 +432,11 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
         episodes: dict[str, list[float]] = {}
         weights = entry.checkpoint.weights_sha256
         if name not in superseded_by:
+            before = len(problems.items)
             _check_against_suite(entry, suite, path, problems)
             episodes = _check_against_episodes(entry, path, problems)
-            weights = _zoo_weights(entry, path, problems)
+            if len(problems.items) == before:  # one message per broken entry: the zoo is asked only of sound ones
+                weights = _zoo_weights(entry, path, problems)
         entries.append(Entry(path, entry, episodes, superseded_by.get(name), weights))
     board = Board(folder, suite, tuple(entries))
     _check_supplements(board, problems)

@@ -15,8 +15,9 @@ A zoo record is two files named after the weights digest
 The sidecar is the record: it always lives in a zoo folder, while the tensors may
 live next to it or only behind a URL. A checkpoint is resolved in this order:
 
-1. the zoo folders: ``$MRBENCH_ZOO`` (``os.pathsep``-separated) and then the
-   repository's ``leaderboards/zoo/``;
+1. the zoo folders: ``$MRBENCH_ZOO`` (``os.pathsep``-separated), then ``zoo/`` in
+   every leaderboards folder (``$MRBENCH_SUITES``, then the repository's
+   ``leaderboards/zoo/``);
 2. the local cache, ``$MRBENCH_CACHE/zoo`` (default ``~/.cache/mrbench/zoo``);
 3. each URL the sidecar records (``https://``; ``http://`` only to a loopback
    host, for tests and local mirrors), downloaded into the cache.
@@ -50,16 +51,23 @@ _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 
 def repository_zoo() -> Path:
-    """The repository's zoo folder, ``leaderboards/zoo/``."""
-    return Path(__file__).resolve().parents[1] / "leaderboards" / "zoo"
+    """Where :func:`publish` writes by default: ``zoo/`` in the first leaderboards folder
+    (``$MRBENCH_SUITES``' first entry, else the repository's ``leaderboards/``), next to the
+    entries that reference the checkpoints."""
+    from bench.suites import suites_dirs
+
+    return suites_dirs()[0] / "zoo"
 
 
 def zoo_folders(extra: Iterable[str | Path] = ()) -> list[Path]:
     """The zoo folders searched for records, in resolution order: ``extra``,
-    ``$MRBENCH_ZOO`` and the repository's ``leaderboards/zoo/``."""
+    ``$MRBENCH_ZOO``, then ``zoo/`` of every leaderboards folder (``$MRBENCH_SUITES``, then
+    the repository's ``leaderboards/``)."""
+    from bench.suites import suites_dirs
+
     env = [p for p in os.environ.get("MRBENCH_ZOO", "").split(os.pathsep) if p]
     out: list[Path] = []
-    for p in [*extra, *env, repository_zoo()]:
+    for p in [*extra, *env, *(d / "zoo" for d in suites_dirs())]:
         p = Path(p)
         if p not in out:
             out.append(p)

@@ -140,8 +140,10 @@ def run_steps(commands: list[str], names: dict[str, str]) -> None:
             command = command.replace(old, new)
         argv = shlex.split(command)
         if argv[0] == "cp":
-            *sources, dest = argv[1:]
+            *patterns, dest = argv[1:]
             assert Path(dest).is_dir(), f"{command}: no folder {dest}"
+            sources = [p for pat in patterns for p in (sorted(Path().glob(pat)) if "*" in pat else [Path(pat)])]
+            assert sources, f"{command}: nothing to copy"
             for src in sources:
                 shutil.copy(src, dest)
             continue
@@ -155,13 +157,15 @@ def test_contributing_documents_the_submission_steps_it_is_tested_with():
     assert contributing_steps("Writing an algorithm plugin") == [
         "mrbench train myalgo --suite omniglot-5w1s --out runs/myalgo.pt",
         "mrbench evaluate myalgo --suite omniglot-5w1s --checkpoint runs/myalgo.pt --out runs/myalgo-omniglot-5w1s.json",
+        "mrbench zoo publish runs/myalgo.pt",
         "cp runs/myalgo-omniglot-5w1s.json runs/myalgo-omniglot-5w1s.episodes.csv "
         "leaderboards/omniglot-5w1s/v1/entries/",
-        "mrbench leaderboard build", "mrbench leaderboard check"]
+        "mrbench leaderboard build", "mrbench leaderboard check",
+        "mrbench verify leaderboards/omniglot-5w1s/v1/entries/myalgo-omniglot-5w1s.json"]
     attack = contributing_steps("Writing an attack plugin")
-    assert [c.split()[:2] for c in attack] == [["mrbench", "train"], ["mrbench", "evaluate"], ["cp", "runs/protonet-myattack-omniglot-5w1s.json"],
-                                               ["mrbench", "leaderboard"], ["mrbench", "leaderboard"]]
-    assert "--attacks myattack" in attack[1] and "--eps" not in attack[1] and "--target" not in attack[1]
+    assert attack == ["mrbench evaluate --zoo omniglot-5w1s --attacks myattack --out-dir runs/myattack",
+                      "cp runs/myattack/*.json runs/myattack/*.episodes.csv leaderboards/omniglot-5w1s/v1/entries/",
+                      "mrbench leaderboard build", "mrbench leaderboard check"]
 
 
 def test_the_algorithm_submission_steps_work_as_written(example, clone, capsys):
@@ -174,6 +178,8 @@ def test_the_algorithm_submission_steps_work_as_written(example, clone, capsys):
               {"myalgo": "example-cosine-centroid", "omniglot-5w1s": SUITE})
     out = capsys.readouterr().out
     assert "leaderboard check passed: 1 leaderboard(s), 1 entries" in out
+    assert "verified 1 of 1 entries" in out
+    assert len(list((clone / "leaderboards" / "zoo").glob("*.safetensors"))) == 1
     entries = clone / "leaderboards" / SUITE / "v1" / "entries"
     entry = validate_entry(json.loads((entries / f"example-cosine-centroid-{SUITE}.json").read_text()), "entry")
     assert (entry.algorithm.id, entry.algorithm.distribution, entry.algorithm.distribution_version) == (
@@ -187,12 +193,19 @@ def test_the_attack_submission_steps_work_as_written(example, clone, capsys):
     assert registry.get("attack", "mi-fgsm").provenance.distribution == "mrbench-example-plugin"
     for check in ATTACK_CHECKS:  # step 3
         check(registry.create("attack", "mi-fgsm"))
+    # The leaderboard has one published model: the algorithm steps, for protonet.
+    run_steps(contributing_steps("Writing an algorithm plugin"), {"myalgo": "protonet", "omniglot-5w1s": SUITE})
+    capsys.readouterr()
     run_steps(contributing_steps("Writing an attack plugin"), {"myattack": "mi-fgsm", "omniglot-5w1s": SUITE})
-    assert "leaderboard check passed: 1 leaderboard(s), 1 entries" in capsys.readouterr().out
-    entry = json.loads((clone / "leaderboards" / SUITE / "v1" / "entries" / f"protonet-mi-fgsm-{SUITE}.json").read_text())
+    assert "leaderboard check passed: 1 leaderboard(s), 2 entries" in capsys.readouterr().out
+    [path] = (clone / "leaderboards" / SUITE / "v1" / "entries").glob("protonet-*-mi-fgsm.json")
+    entry = json.loads(path.read_text())
     # The suite's attack grid: eps 16/255; mi-fgsm declares only the query target.
     assert set(entry["metrics"]) == {"clean", "mi-fgsm@16/255:query"}
-    assert "mi-fgsm@16/255:query" in (clone / "leaderboards" / SUITE / "v1" / "table.md").read_text()
+    assert entry["scenarios"]["mi-fgsm@16/255:query"]["provider"] == "mrbench-example-plugin"
+    table = (clone / "leaderboards" / SUITE / "v1" / "table.md").read_text()
+    assert "mi-fgsm@16/255:query" in table and "external evaluation: mi-fgsm of mrbench-example-plugin" in table
+    assert "Best known `16/255:query`" in table
 
 
 def test_an_entry_on_the_first_episodes_gets_one_message(example, clone):
