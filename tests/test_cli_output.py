@@ -21,7 +21,7 @@ def test_piped_suites_and_attacks_keep_every_id_on_one_line(capsys):
     # Under capsys stdout is not a terminal, as in `mrbench suites | grep ...`.
     assert main(["suites"]) == 0
     out = capsys.readouterr().out
-    for ref in ("omniglot-lake-runs@v1", "omniglot-lake-5w1s@v1", "glyphs-5w1s@v2"):
+    for ref in ("omniglot-lake-runs@v1", "omniglot-lake-5w1s@v1", "glyphs-5w1s@v3"):
         assert len(_lines_with(out, ref)) == 1, out
     assert _lines_with(out, "omniglot-lake-5w1s@v1", "5-way 1-shot, 15 q/class, x600", "split=lake")
     assert main(["attacks"]) == 0

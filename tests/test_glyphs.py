@@ -140,3 +140,41 @@ def test_options_are_strict() -> None:
 def test_unknown_split() -> None:
     with pytest.raises(MrbenchError, match="meta-test"):
         ProceduralGlyphs(SMALL).load("test")
+
+
+def test_generation_uses_no_machine_dependent_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libm's and torch's log/sin/cos/exp/pow and torch's vectorised randn round their last
+    bit differently on different CPUs and versions; glyphs-5w1s v1 and v2 pinned revisions
+    that other machines did not reproduce because of them. Generation must not call any."""
+    import math
+
+    def forbidden(name: str):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"the glyph generator called {name}, whose rounding depends on the machine")
+        return fail
+
+    for mod, names in ((math, ("log", "sin", "cos", "exp", "pow", "atan2", "tan", "hypot")),
+                       (torch, ("randn", "normal", "log", "sin", "cos", "exp", "pow", "atan2", "matmul"))):
+        for name in names:
+            monkeypatch.setattr(mod, name, forbidden(f"{mod.__name__}.{name}"))
+    monkeypatch.setattr(torch.Tensor, "pow", forbidden("Tensor.pow"))
+    monkeypatch.setattr(torch.Tensor, "__pow__", forbidden("Tensor.__pow__"))
+    glyphs.clear_cache()
+    try:
+        sp = ProceduralGlyphs(SMALL).load("meta-test")
+    finally:
+        glyphs.clear_cache()
+    assert sp.images.shape[0] == sp.n_classes * SMALL["samples_per_class"]
+
+
+def test_exact_cos_sin_matches_libm_to_a_few_ulp() -> None:
+    import math
+
+    xs = torch.linspace(-7.0, 7.0, 4001, dtype=torch.float64)  # the generator's angles lie in [-pi/4, 2 pi]
+    c, s = glyphs._cos_sin(xs)
+    assert float((c - torch.cos(xs)).abs().max()) < 1e-15
+    assert float((s - torch.sin(xs)).abs().max()) < 1e-15
+    for x in (0.0, 0.3, -1.2, math.pi / 4, 2.5, -3.0, 6.2):
+        cx, sx = glyphs._cos_sin(x)
+        assert abs(cx - math.cos(x)) < 1e-15 and abs(sx - math.sin(x)) < 1e-15
+        assert (cx, sx) == tuple(float(v) for v in glyphs._cos_sin(torch.tensor(x, dtype=torch.float64)))

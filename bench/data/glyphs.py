@@ -20,9 +20,12 @@ alphabets are ``meta-train``, the next 10% ``meta-val``, the last 30% ``meta-tes
 Determinism: every random number comes from a ``torch.Generator`` whose seed is
 derived from ``(seed, alphabet)`` or ``(seed, alphabet, character)``, so a class is
 the same whatever the number of alphabets, and the same options give byte-identical
-images. The batched renderer only uses exactly rounded IEEE operations (``+ - * /``,
-``sqrt``, ``min``, ``clamp``), so an image does not depend on which batch it was
-rendered in.
+images. Every step, from the uniforms to the pixels, uses only exactly rounded IEEE
+operations (``+ - * /``, ``sqrt``, ``min``, ``clamp``, ``round``) in a fixed order:
+no ``log``/``sin``/``cos`` (libm and torch's vectorised kernels round their last bit
+differently on different CPUs and versions), no ``randn`` (a vectorised Box-Muller)
+and no reductions whose order depends on the kernel. So an image is the same on every
+machine, and does not depend on which batch it was rendered in.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ class ProceduralGlyphs(Dataset):
     id: ClassVar[str] = "procedural-glyphs"
     group_kind: ClassVar[str] = "alphabet"
     # Bump on any change to the generative constants, the order of random draws or
-    # the renderer: every image (and so every revision) may change.
-    version: ClassVar[str] = "1"
+    # the renderer: every image (and so every revision) may change. 2: exact arithmetic
+    # (no libm or vectorised transcendentals), the same pixels on every CPU.
+    version: ClassVar[str] = "2"
     Options: ClassVar[type[Options]] = GlyphOptions
     needs_files: ClassVar[bool] = False
 
@@ -162,8 +166,15 @@ class _Uniforms:
         return min(hi, lo + int(self() * (hi - lo + 1)))
 
     def normal(self) -> float:
-        # Box-Muller from two uniforms; 1 - u keeps the log argument in (0, 1].
-        return math.sqrt(-2.0 * math.log(1.0 - self())) * math.cos(2.0 * math.pi * self())
+        """A standard normal variate (Irwin-Hall: 12 uniforms minus 6, bounded at +-6).
+
+        A sum in a fixed order, so exactly the same bits everywhere, where Box-Muller's
+        ``log`` and ``cos`` come from a libm whose last bit depends on the machine.
+        """
+        total = 0.0
+        for _ in range(12):
+            total += self()
+        return total - 6.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +207,7 @@ def _make_alphabet(seed: int, a: int) -> _Alphabet:
     width_lo = u(1.3, 2.0)
     width = (width_lo, width_lo + u(0.2, 0.6))
     p_connect = u(0.4, 0.9)
-    p_axis = u(0.0, 1.0) ** 2  # most alphabets free-hand, a few angular ones
+    p_axis = u() * u()  # most alphabets free-hand, a few angular ones (u^2 of one draw would call pow)
     primitives, lengths = [], []
     for _ in range(n_prim):
         kind = u()
@@ -260,7 +271,8 @@ def _make_character(alphabet: _Alphabet, seed: int, a: int, c: int) -> tuple[tor
             ox, oy = anchors[u.integer(0, len(anchors) - 1)]
         else:
             ox, oy = u(-0.6, 0.6), u(-0.6, 0.6)
-        cos, sin = math.cos(theta) * length, math.sin(theta) * length
+        cos, sin = _cos_sin(theta)
+        cos, sin = cos * length, sin * length
         pts = [(ox + cos * x - sin * flip * y, oy + sin * x + cos * flip * y) for x, y in alphabet.primitives[p]]
         strokes.append(pts)
         # Later strokes may start at this one's ends or middle, as in real characters.
@@ -286,34 +298,81 @@ def _sample_polylines(cp: Tensor, width: float, n: int, gen: torch.Generator, im
     S = cp.shape[0]
     f64 = torch.float64
     pts = cp.expand(n, S, 4, 2)
-    pts = pts + _CP_JITTER * torch.randn(n, S, 4, 2, generator=gen, dtype=f64)
-    pts = pts + _STROKE_JITTER * torch.randn(n, S, 1, 2, generator=gen, dtype=f64)
+    pts = pts + _CP_JITTER * _normal((n, S, 4, 2), gen)
+    pts = pts + _STROKE_JITTER * _normal((n, S, 1, 2), gen)
     angle = (2 * torch.rand(n, generator=gen, dtype=f64) - 1) * _MAX_ROTATION
     lo, hi = _SCALE_RANGE
     scale = lo + (hi - lo) * torch.rand(n, generator=gen, dtype=f64)
     shift = (2 * torch.rand(n, 2, generator=gen, dtype=f64) - 1) * _MAX_SHIFT_PX
     pen = 1 + _WIDTH_JITTER * (2 * torch.rand(n, generator=gen, dtype=f64) - 1)
-    cos = (torch.cos(angle) * scale).view(n, 1, 1)
-    sin = (torch.sin(angle) * scale).view(n, 1, 1)
+    cos, sin = _cos_sin(angle)
+    cos = (cos * scale).view(n, 1, 1)
+    sin = (sin * scale).view(n, 1, 1)
     x, y = pts[..., 0], pts[..., 1]
     half = image_size / 2
     px = (cos * x - sin * y) * half + half + shift[:, 0].view(n, 1, 1)
     py = (sin * x + cos * y) * half + half + shift[:, 1].view(n, 1, 1)
     curve = _bezier(torch.stack((px, py), -1), _POINTS_PER_STROKE)
     half_width = width * pen * (image_size / _REF_SIZE) / 2
-    # Snap to a 1/256-pixel grid before rendering. The float64 geometry above goes through
-    # torch's vectorised randn/cos/sin, whose last bits differ between CPUs (AVX2 vs
-    # AVX-512 kernels); without the snap those bits occasionally flipped one rendered
-    # pixel and so the split's revision differed between machines. Grid values are exact
-    # in float32 and the renderer below uses only correctly rounded IEEE operations, so
-    # the images are now the same on every machine (unless a value lands within ~1e-13
-    # of a grid boundary, about once in 10^4 generations).
+    # Snap to a 1/256-pixel grid before rendering: grid values are exact in float32, so
+    # the float64 -> float32 cast rounds nothing. (v1 and v2 of glyphs-5w1s took this
+    # geometry from torch's randn/cos/sin and libm's log/cos/sin, whose last bits differ
+    # between CPUs and versions; a snap alone did not make v2's pinned revision
+    # reproducible on other machines. Since v3 the geometry itself is exact.)
     curve = torch.round(curve * _GRID) / _GRID
     half_width = torch.round(half_width * _GRID) / _GRID
     return curve.to(torch.float32), half_width.to(torch.float32)
 
 
 _GRID = 256.0
+
+
+def _normal(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    """Standard normal variates (Irwin-Hall, as :meth:`_Uniforms.normal`) of ``shape``.
+
+    ``torch.rand`` draws each float64 from the generator's stream one after another (the
+    same bits on every CPU); the 12 terms are added one elementwise ``+`` at a time, so
+    no reduction kernel chooses the order.
+    """
+    u = torch.rand(12, *shape, generator=gen, dtype=torch.float64)
+    total = u[0]
+    for k in range(1, 12):
+        total = total + u[k]
+    return total - 6.0
+
+
+# Taylor coefficients 1/(2k)! and 1/(2k+1)!, to the term below float64 rounding on |r| <= pi/4.
+_COS_TERMS = [1.0 / math.factorial(2 * k) for k in range(1, 11)]
+_SIN_TERMS = [1.0 / math.factorial(2 * k + 1) for k in range(1, 11)]
+_HALF_PI = math.pi / 2
+
+
+def _cos_sin(theta: Any) -> tuple[Any, Any]:
+    """``(cos(theta), sin(theta))`` from ``+ - * /`` and ``round`` only, for a Python
+    float or a float64 tensor, with the same bits on every machine (libm's and torch's
+    ``sin``/``cos`` differ in the last bit between CPUs). Accurate to a few ulp: the
+    argument is reduced by the nearest multiple of pi/2, then Horner on Taylor series.
+    """
+    is_tensor = isinstance(theta, Tensor)
+    q = torch.round(theta / _HALF_PI) if is_tensor else float(round(theta / _HALF_PI))
+    r = theta - q * _HALF_PI
+    r2 = r * r
+    c = _COS_TERMS[-1]
+    s = _SIN_TERMS[-1]
+    for k in range(len(_COS_TERMS) - 2, -1, -1):
+        c = _COS_TERMS[k] - r2 * c
+        s = _SIN_TERMS[k] - r2 * s
+    return _rotate_quadrant(1.0 - r2 * c, r - r * r2 * s, q, is_tensor)
+
+
+def _rotate_quadrant(cos_r: Any, sin_r: Any, q: Any, is_tensor: bool) -> tuple[Any, Any]:
+    """``cos``/``sin`` of ``r + q pi/2`` from those of ``r``: a swap and signs, exact."""
+    if not is_tensor:
+        return [(cos_r, sin_r), (-sin_r, cos_r), (-cos_r, -sin_r), (sin_r, -cos_r)][int(q) % 4]
+    m = torch.remainder(q, 4)
+    cos = torch.where(m == 0, cos_r, torch.where(m == 1, -sin_r, torch.where(m == 2, -cos_r, sin_r)))
+    sin = torch.where(m == 0, sin_r, torch.where(m == 1, cos_r, torch.where(m == 2, -sin_r, -cos_r)))
+    return cos, sin
 
 
 def _render(points: Tensor, half_width: Tensor, image_size: int) -> Tensor:
