@@ -581,6 +581,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.lb_cmd == "show":
         leaderboard.show(args.suite, args.root, console=c)
         return 0
+    if args.lb_cmd == "withdraw":
+        path = leaderboard.withdraw(args.suite, args.entries, args.reason, args.recreate or "", args.name, args.root)
+        c.print(f"{path} written: {len(args.entries)} entr{'y' if len(args.entries) == 1 else 'ies'} withdrawn; "
+                "run `mrbench leaderboard build` and commit the notice with the tables", highlight=False)
+        return 0
     if args.lb_cmd == "build":
         for line in leaderboard.build(args.root).lines():
             c.print(line, highlight=False)
@@ -772,6 +777,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "with entries, and the index.html linking the pages")
     d.add_argument("--root", default=None, help=root_help)
     d = lsub.add_parser("check", help="fail on an invalid entry, a suite or hash mismatch, or a stale table or page")
+    d.add_argument("--root", default=None, help=root_help)
+    d = lsub.add_parser("withdraw", help="take entries whose numbers can no longer be re-checked (a lost checkpoint) "
+                       "out of the table, with a reason, by an append-only notice in withdrawals/")
+    d.add_argument("suite", help="suite id or id@vN")
+    d.add_argument("entries", nargs="+", help="entry file names (entries/NAME.json)")
+    d.add_argument("--reason", required=True, help="why the numbers no longer stand")
+    d.add_argument("--recreate", default=None, help="the commands that would re-create them")
+    d.add_argument("--name", default=None, help="notice file name without .json (default: the UTC time)")
     d.add_argument("--root", default=None, help=root_help)
     d = lsub.add_parser("show", help="print a leaderboard in the terminal")
     d.add_argument("suite", nargs="?", default=None, help="suite id or id@vN (default: every leaderboard)")

@@ -10,7 +10,16 @@ Layout (one folder per suite version, next to the suite file)::
     leaderboards/index.html                                 generated too: links every suite version's page
 
 Entry files are never edited or deleted: a correction is a new entry whose
-``supersedes`` names the old file, which then leaves the table.
+``supersedes`` names the old file, which then leaves the table. A number that can no
+longer be checked (its checkpoint is lost and no re-created model replaces it) is
+withdrawn by a notice, also append-only::
+
+    leaderboards/<suite>/v<N>/withdrawals/<name>.json
+    {"kind": "mrbench-withdrawal", "created": "...", "withdraws": ["x.json", ...],
+     "reason": "...", "recreate": "the commands that would re-create it"}
+
+A withdrawn entry leaves the table like a superseded one, and table.md lists it under
+"Withdrawn" with its reason.
 
 Ranking. Within a section (non-transductive entries, then transductive ones,
 ranked separately because a transductive algorithm sees all queries at once),
@@ -113,6 +122,12 @@ class Board:
     folder: Path
     suite: Suite
     entries: tuple[Entry, ...]
+    withdrawals: tuple["Withdrawal", ...] = ()
+
+    @property
+    def withdrawn(self) -> list[Entry]:
+        """Entries taken out of the table by a withdrawal notice."""
+        return [e for e in self.entries if (e.superseded_by or "").startswith(f"{WITHDRAWALS_DIR}/")]
 
     @property
     def live(self) -> list[Entry]:
@@ -418,6 +433,7 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
                              "supersede the latest correction instead")
             else:
                 superseded_by[target] = name
+    withdrawals = _load_withdrawals(folder, raw_entries, superseded_by, problems)
     for start in sorted(superseded_by):
         seen, cur = {start}, superseded_by[start]
         while cur in superseded_by:
@@ -438,9 +454,62 @@ def _load_board(folder: Path, problems: _Problems) -> Board | None:
             if len(problems.items) == before:  # one message per broken entry: the zoo is asked only of sound ones
                 weights = _zoo_weights(entry, path, problems)
         entries.append(Entry(path, entry, episodes, superseded_by.get(name), weights))
-    board = Board(folder, suite, tuple(entries))
+    board = Board(folder, suite, tuple(entries), withdrawals)
     _check_supplements(board, problems)
     return board
+
+
+WITHDRAWAL_KIND = "mrbench-withdrawal"
+WITHDRAWALS_DIR = "withdrawals"
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A notice that takes entries out of the table without a replacement (their numbers
+    cannot be re-checked): ``withdrawals/<name>.json``."""
+
+    path: Path
+    created: str
+    withdraws: tuple[str, ...]
+    reason: str
+    recreate: str
+
+    @property
+    def name(self) -> str:
+        return f"{WITHDRAWALS_DIR}/{self.path.name}"
+
+
+def _load_withdrawals(folder: Path, raw_entries: dict, superseded_by: dict[str, str],
+                      problems: _Problems) -> tuple[Withdrawal, ...]:
+    """Read ``withdrawals/*.json`` and mark what each withdraws in ``superseded_by``."""
+    out = []
+    for path in sorted((folder / WITHDRAWALS_DIR).glob("*.json")):
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            problems.add(path, "file", f"not valid JSON ({exc})")
+            continue
+        if not isinstance(raw, dict) or raw.get("kind") != WITHDRAWAL_KIND:
+            problems.add(path, "kind", f"must be {WITHDRAWAL_KIND!r}")
+            continue
+        targets, reason = raw.get("withdraws"), raw.get("reason")
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            problems.add(path, "withdraws", "must be a non-empty list of entry file names")
+            continue
+        if not isinstance(reason, str) or not reason.strip():
+            problems.add(path, "reason", "must say why the entries are withdrawn")
+            continue
+        w = Withdrawal(path, str(raw.get("created", "")), tuple(targets), reason.strip(), str(raw.get("recreate", "")))
+        for target in targets:
+            if target not in raw_entries:
+                problems.add(path, "withdraws", f"{target} does not exist in {_display(folder / 'entries')}")
+            elif target in superseded_by:
+                problems.add(path, "withdraws", f"{target} is already superseded or withdrawn by "
+                             f"{superseded_by[target]}")
+            else:
+                superseded_by[target] = w.name
+        out.append(w)
+    return tuple(out)
 
 
 def _zoo_weights(entry: ResultEntry, path: Path, problems: _Problems) -> str | None:
@@ -723,10 +792,35 @@ def render_markdown(board: Board, rows: list[Row]) -> str:
                      f"[{r.entry.name}](entries/{r.entry.name})"]
             out.append("| " + " | ".join(_md(c) for c in cells) + " |")
     out += _robustness_markdown(board, rows, markers)
+    out += _withdrawn_markdown(board)
     out += ["", "## Notes", "", ranking_note()]
     if notes:
         out += [""] + [f"- {_md(n)}" for n in notes]
     return "\n".join(out) + "\n"
+
+
+def _withdrawn_markdown(board: Board) -> list[str]:
+    """The "Withdrawn" section: entries out of the table with no replacement, and why."""
+    if not board.withdrawals:
+        return []
+    out = ["", "## Withdrawn", "",
+           "Not ranked: these numbers can no longer be re-checked (see each notice). They stay in `entries/` "
+           "for the record.", "",
+           "| Algorithm | Clean acc. (%) | Entry | Notice |", "|---|---:|---|---|"]
+    by_name = {e.name: e for e in board.entries}
+    for w in board.withdrawals:
+        for target in w.withdraws:
+            e = by_name.get(target)
+            if e is None:
+                continue
+            clean = e.entry.metrics.get("clean")
+            cells = [display_name(e.entry), _pct(clean.accuracy) if clean else "", f"[{target}](entries/{target})",
+                     f"[{w.path.name}]({w.name})"]
+            out.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    for w in board.withdrawals:
+        out += ["", f"- [{w.path.name}]({w.name}) ({w.created[:10]}): {_md(w.reason)}"
+                + (f" To re-create: {_md(w.recreate)}" if w.recreate else "")]
+    return out
 
 
 MEAN_CORRUPTION = "mean corruption"
@@ -1043,3 +1137,38 @@ def _robustness_table(board: Board, rows: list[Row], markers: dict[str, str]) ->
             r.entry.name]
         table.add_row(*(Text(c) for c in cells))
     return table
+
+
+def withdraw(suite: str, entries: list[str], reason: str, recreate: str = "", name: str | None = None,
+             root: str | Path | None = None) -> Path:
+    """Write a withdrawal notice for ``entries`` of ``suite``'s leaderboard (``id@vN``, or
+    ``id`` for its latest version with entries); returns the notice's path.
+
+    :raises MrbenchError: an unknown suite or entry, an empty reason, or an existing notice.
+    """
+    from datetime import datetime, timezone
+
+    from bench.checkpoint import atomic_write_text
+
+    folders = [f for f in board_folders(root) if f"{f.parent.name}@{f.name}" == suite or f.parent.name == suite]
+    if not folders:
+        known = ", ".join(f"{f.parent.name}@{f.name}" for f in board_folders(root)) or "(none)"
+        raise MrbenchError(f"No leaderboard for suite {suite!r}.", f"Leaderboards: {known}.")
+    folder = max(folders, key=lambda f: int(f.name[1:]))
+    if not reason.strip():
+        raise MrbenchError("A withdrawal needs a reason.", "Say why the numbers can no longer stand (--reason).")
+    names = [Path(e).name for e in entries]
+    missing = [n for n in names if not (folder / "entries" / n).is_file()]
+    if missing or not names:
+        have = ", ".join(sorted(p.name for p in (folder / "entries").glob("*.json")))
+        raise MrbenchError(f"No entry {', '.join(missing) or '(none given)'} in {_display(folder / 'entries')}.",
+                           f"Its entries: {have or '(none)'}.")
+    created = datetime.now(timezone.utc).replace(microsecond=0)
+    path = folder / WITHDRAWALS_DIR / f"{name or created.strftime('%Y%m%d-%H%M%S')}.json"
+    if path.exists():
+        raise MrbenchError(f"{_display(path)} exists; withdrawal notices are append-only.", "Choose another --name.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notice = {"kind": WITHDRAWAL_KIND, "created": created.isoformat(), "withdraws": names, "reason": reason.strip(),
+              "recreate": recreate.strip()}
+    atomic_write_text(path, json.dumps(notice, indent=2) + "\n")
+    return path

@@ -223,6 +223,32 @@ def test_supersedes_must_name_one_existing_entry(root):
                  "fix-c.json: supersedes: nope.json does not exist")
 
 
+def test_withdrawn_entries_leave_the_table_and_are_listed_with_the_reason(root, zoo, capsys):
+    # A lost checkpoint makes an entry fail the check; a withdrawal notice (append-only)
+    # takes it out of the table, and the check passes again.
+    write_entry(_entries(root), "lost", _tied(_base_counts()),
+                lambda e: e["checkpoint"].update(sha256="ab" * 32))
+    (zoo / f"{hashlib.sha256(('weights:' + 'ab' * 32).encode()).hexdigest()}.json").unlink()
+    _check_fails(root, "lost.json: checkpoint: abababababab (protonet) is not in the checkpoint zoo")
+    assert main(["leaderboard", "withdraw", "omniglot-5w1s@v1", "lost.json", "--root", str(root), "--name", "lost",
+                 "--reason", "Its checkpoint was lost.", "--recreate", "mrbench train protonet ..."]) == 0
+    notice = root / "omniglot-5w1s" / "v1" / "withdrawals" / "lost.json"
+    assert json.loads(notice.read_text())["withdraws"] == ["lost.json"]
+    lb.build(root)
+    [summary] = lb.check(root)
+    assert "lost.json" not in [r["entry"] for r in _table(root)] and summary.n_superseded == 1
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert "## Withdrawn" in md and "[lost.json](entries/lost.json)" in md
+    assert "Its checkpoint was lost. To re-create: mrbench train protonet ..." in md
+    # notices are append-only and must name existing, not yet withdrawn entries
+    with pytest.raises(MrbenchError, match="append-only"):
+        lb.withdraw("omniglot-5w1s@v1", ["lost.json"], "again", name="lost", root=root)
+    with pytest.raises(MrbenchError, match="Its entries: "):
+        lb.withdraw("omniglot-5w1s", ["nope.json"], "gone", root=root)
+    lb.withdraw("omniglot-5w1s", ["lost.json"], "twice", name="twice", root=root)
+    _check_fails(root, "twice.json: withdraws: lost.json is already superseded or withdrawn by withdrawals/lost.json")
+
+
 def test_reported_and_unreliable_are_shown_apart_from_measured(root):
     _edit_json(_entries(root) / "protonet.json", lambda e: e.update(
         reported={"clean": {"accuracy": 0.988, "source": "Snell et al. 2017"}}, unreliable=True,
