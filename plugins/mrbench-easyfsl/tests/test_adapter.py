@@ -172,3 +172,22 @@ def test_the_backbone_starts_as_protonets_and_loads_its_checkpoints():
     a = _ours(PrototypicalNetworks(), theirs, ep)
     b = protonet.predict(theirs, protonet.adapt(theirs, ep.x_support, ep.y_support, n_way=SPEC.n_way), ep.x_query)
     torch.testing.assert_close(a, -(-b).sqrt(), rtol=1e-4, atol=1e-4)
+
+
+class ContributingExample(ModuleAlgorithm):
+    """CONTRIBUTING's example of the generic adapter, on easyfsl's class as is: the
+    module's own initialisation, default support/query methods and outputs."""
+
+    id = "mylib-protonet"
+    transductive = False
+    bn_policy = "conv4 batch statistics; queries use the support statistics"
+    vmap_unsafe = "mylib computes prototypes with torch.unique (data-dependent shapes)"
+
+    def build(self, spec):
+        from bench.adapters import Conv4Module
+
+        return methods.PrototypicalNetworks(backbone=Conv4Module(in_channels=spec.image_shape[0]))
+
+
+def test_the_contributing_example_passes_the_contract(mrbench_check):
+    mrbench_check(ContributingExample())
