@@ -3,7 +3,9 @@
 The contract makes every algorithm ``vmap``-safe over the episode dim; whether
 to ``vmap`` is the harness's choice per device, by measurement (PERF-NOTES): on
 a few CPU cores a plain loop over episodes is faster and uses a fifth of the
-memory, on a GPU chunked ``vmap`` removes per-episode launch overhead.
+memory, on a GPU chunked ``vmap`` removes per-episode launch overhead. An algorithm
+that declares why it is not ``vmap``-safe (``vmap_unsafe``: code run as another library
+wrote it) is looped whatever the plan says (:func:`for_algorithm`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Each check takes an algorithm instance and raises :class:`~bench.testing.ContractError`
 (an ``AssertionError``) with a message naming the algorithm and what to change. No check
-skips: a check that does not apply to an algorithm (query independence of a
-transductive one) passes, so checking several variants in one test never hides one.
+skips, so checking several variants in one test never hides one: where an algorithm
+declares that a property does not hold, the check verifies the declaration instead
+(query independence of a ``transductive`` algorithm: the other queries do change its
+logits; ``vmap`` of a ``vmap_unsafe`` one: the harness's batched plans loop over it).
 """
 
 from __future__ import annotations
