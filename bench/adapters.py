@@ -111,9 +111,15 @@ def _tensor_attributes(module: nn.Module) -> dict[str, Tensor]:
     return out
 
 
-def _set_attribute(module: nn.Module, key: str, value: Tensor) -> None:
+def _owner(module: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """The submodule holding attribute ``key`` (``path:attribute``) and the attribute's name."""
     path, name = key.split(":")
-    object.__setattr__(module.get_submodule(path) if path else module, name, value)
+    return (module.get_submodule(path) if path else module), name
+
+
+def _set_attribute(module: nn.Module, key: str, value: Tensor) -> None:
+    owner, name = _owner(module, key)
+    owner.__dict__[name] = value  # a plain attribute, as the library's own assignment made it
 
 
 class ModuleAlgorithm(Algorithm):
@@ -190,12 +196,13 @@ class ModuleAlgorithm(Algorithm):
             after = _tensor_attributes(module)
             assigned = {k: v for k, v in after.items() if before.get(k) is not v}
         finally:
-            for key, value in _tensor_attributes(module).items():
+            # Back to the module as built: no tensor of this call (nor its graph) stays on it.
+            for key in _tensor_attributes(module):
                 if key in pristine:
                     _set_attribute(module, key, pristine[key])
                 else:
-                    delattr(module.get_submodule(key.split(":")[0]) if key.split(":")[0] else module,
-                            key.split(":")[1])
+                    owner, name = _owner(module, key)
+                    del owner.__dict__[name]
         return out, assigned
 
     def adapt(self, params: Params, x_support: Tensor, y_support: Tensor, *, n_way: int, train: bool = False) -> Any:

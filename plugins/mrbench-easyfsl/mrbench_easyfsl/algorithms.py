@@ -338,10 +338,6 @@ class RelationNetworks(EasyFSLAlgorithm):
         inner_channels: int = 8
         """Width of the relation module's first fully connected layer (easyfsl's default)."""
 
-    @property
-    def transductive(self) -> bool:  # type: ignore[override]
-        return self.options.bn == "batch"
-
     def build(self, spec: EpisodeSpec) -> nn.Module:
         h = self.options.hidden
         side = pooled(pooled(spec.image_shape[1], 2), 2) * pooled(pooled(spec.image_shape[2], 2), 2)
