@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
-from bench.execution import Execution, channels_last_params, to_channels_last
+from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
 
 if TYPE_CHECKING:
     from bench.components import Attack
@@ -109,7 +109,7 @@ class Victim:
     def __init__(self, algorithm: Algorithm, params: Params, n_way: int, execution: Execution | None = None,
                  *, train: bool = False) -> None:
         self.algorithm = algorithm
-        self.execution = execution or Execution()
+        self.execution = for_algorithm(execution or Execution(), algorithm)
         self.params = {k: v.detach() for k, v in params.items()}
         if self.execution.strategy == "loop":
             self.params = channels_last_params(self.params, self.execution)

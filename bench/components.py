@@ -156,6 +156,13 @@ class Algorithm(Component):
     kind: ClassVar[str] = "algorithm"
     transductive: ClassVar[bool] = False
     bn_policy: ClassVar[str] = "no batch normalisation"
+    #: ``None`` (the contract): ``adapt``/``predict`` are ``vmap``-safe. Otherwise one line
+    #: saying why they are not, for code mrbench runs as somebody else wrote it (an adapter
+    #: of another library whose methods use data-dependent shapes or control flow, e.g.
+    #: ``torch.unique`` or an early stop on ``.item()``). The harness then runs the
+    #: algorithm one episode at a time whatever the execution plan says, and the contract
+    #: check verifies that the batched plan gives the loop's logits.
+    vmap_unsafe: ClassVar[str | None] = None
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:
         """Fresh meta-parameters for episodes of ``spec`` (deterministic under ``generator``).

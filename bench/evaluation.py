@@ -25,7 +25,7 @@ from bench.attacks import SanityResult, Victim, ensemble_name, monotone_in_eps, 
 from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
-from bench.execution import Execution, pick_device, plan, predict_episodes
+from bench.execution import Execution, for_algorithm, pick_device, plan, predict_episodes
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment, peak_memory_bytes
 from bench.schema import SCHEMA_VERSION
@@ -160,6 +160,7 @@ def _prepare(algorithm: str | None, suite: str | Suite, checkpoint: Any, *, n_ep
         raise MrbenchError(f"Checkpoint {checkpoint} was trained for {trained_id!r}, not {algorithm!r}.",
                            f"Evaluate it as `mrbench evaluate {trained_id} ...`, or pass the right checkpoint.")
     algo = registry.create("algorithm", trained_id, {**meta["algorithm"]["options"], **(options or {})})
+    ex = for_algorithm(ex, algo)  # the entry records the strategy that really ran
     params = {k: v.to(dev) for k, v in params.items()}
 
     manifest, split, dataset = suite_manifest(suite, registry, data_root, n_episodes, on=on)

@@ -3,12 +3,14 @@
 The contract makes every algorithm ``vmap``-safe over the episode dim; whether
 to ``vmap`` is the harness's choice per device, by measurement (PERF-NOTES): on
 a few CPU cores a plain loop over episodes is faster and uses a fifth of the
-memory, on a GPU chunked ``vmap`` removes per-episode launch overhead.
+memory, on a GPU chunked ``vmap`` removes per-episode launch overhead. An algorithm
+that declares why it is not ``vmap``-safe (``vmap_unsafe``: code run as another library
+wrote it) is looped whatever the plan says (:func:`for_algorithm`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -34,6 +36,14 @@ class Execution:
     strategy: Strategy = "loop"
     chunk: int = 32
     channels_last: bool = False
+
+
+def for_algorithm(ex: Execution, algorithm: Algorithm) -> Execution:
+    """``ex``, or its loop form for an algorithm that declares itself not ``vmap``-safe
+    (:attr:`bench.components.Algorithm.vmap_unsafe`)."""
+    if ex.strategy == "vmap" and algorithm.vmap_unsafe:
+        return replace(ex, strategy="loop")
+    return ex
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -82,6 +92,7 @@ def _images(x: Tensor, ex: Execution) -> Tensor:
 def predict_episodes(algorithm: Algorithm, params: Params, episodes: Episode, n_way: int, ex: Execution) -> Tensor:
     """Query logits ``[E, n_query_total, n_way]`` for a batch of episodes (no grad)."""
     E = episodes.x_support.shape[0]
+    ex = for_algorithm(ex, algorithm)
 
     def one(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
         state = algorithm.adapt(params, xs, ys, n_way=n_way)
@@ -108,6 +119,7 @@ def meta_loss_backward(algorithm: Algorithm, params: Params, episodes: Episode, 
     alive at a time; the ``vmap`` path once per chunk.
     """
     E = episodes.x_support.shape[0]
+    ex = for_algorithm(ex, algorithm)
     total = 0.0
     if ex.strategy == "loop":
         for e in range(E):

@@ -21,7 +21,7 @@ from bench.checkpoint import atomic_save, load_final, load_partial, partial_path
 from bench.components import Algorithm, EpisodeSpec, ImageSplit
 from bench.episodes import sample_batch
 from bench.errors import MrbenchError
-from bench.execution import Execution, meta_loss_backward, pick_device, plan
+from bench.execution import Execution, for_algorithm, meta_loss_backward, pick_device, plan
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment
 from bench.suites import Suite, get_suite, load_data
@@ -194,7 +194,7 @@ def train(
     suite = get_suite(suite) if isinstance(suite, str) else suite
     reporter = reporter or NullReporter()
     dev = pick_device(device)
-    ex = execution or plan(dev)
+    ex = for_algorithm(execution or plan(dev), algo)
     out = Path(out)
 
     d = algo.train_defaults(suite.spec)

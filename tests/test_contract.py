@@ -60,19 +60,12 @@ WITH_BN_OPTION = [a for a in ALGORITHMS if "bn" in REGISTRY.get("algorithm", a).
 @pytest.mark.parametrize("algorithm", WITH_BN_OPTION)
 def test_transductive_mode_is_declared_and_detected(algorithm):
     # bn='batch' normalises queries together: the algorithm must say so, and the
-    # independence check must catch it if it did not.
-    import torch
-
-    from bench.testing import SPEC, init_params, random_episodes
-
+    # independence check shows that the declaration is true (a query's logits change with
+    # the other queries; predicting one query alone is not defined for every transductive
+    # method, e.g. LaplacianShot's k-nearest-neighbour graph over the queries).
     algo = REGISTRY.create("algorithm", algorithm, {"bn": "batch"})
     assert algo.transductive
-    params = init_params(algo, dtype=torch.float64)
-    ep = random_episodes(dtype=torch.float64)[0]
-    state = algo.adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
-    batch = algo.predict(params, state, ep.x_query)
-    alone = algo.predict(params, state, ep.x_query[:1])
-    assert not torch.allclose(alone[0], batch[0])
+    check_query_independence(algo)
 
 
 def test_fomaml_differs_from_maml_only_in_training():
@@ -259,6 +252,56 @@ def test_a_transductive_variant_listed_first_does_not_hide_the_default_one():
         check(SecretlyTransductive())
     with pytest.raises(ContractError, match=r"failed for 1 of 2 variants:\n- test-secretly-transductive: "):
         check(SecretlyTransductive(bn="batch"), SecretlyTransductive())
+
+
+class FalselyTransductive(SmallProto):
+    """Declares itself transductive although every query is predicted on its own."""
+
+    id = "test-falsely-transductive"
+    transductive = True
+
+
+def test_a_false_transductive_declaration_fails_the_independence_check():
+    # Transductive entries are ranked separately: the declaration must be true.
+    assert failures(FalselyTransductive()).keys() == {"check_query_independence"}
+    with pytest.raises(ContractError, match="declares transductive = True, but no query's logits change"):
+        check_query_independence(FalselyTransductive())
+
+
+class DataDependentShapes(SmallProto):
+    """Class means through ``torch.nonzero`` (a data-dependent shape): not ``vmap``-safe."""
+
+    id = "test-data-dependent-shapes"
+
+    def centroid_input(self, z):
+        return z
+
+    def adapt(self, params, x_support, y_support, *, n_way, train=False):
+        z, stats = conv4(params, x_support)
+        means = torch.stack([z[torch.nonzero(y_support == c)[:, 0]].mean(0) for c in range(n_way)])
+        return {"centroids": means, "stats": stats}
+
+
+class DeclaredDataDependentShapes(DataDependentShapes):
+    id = "test-declared-data-dependent-shapes"
+    vmap_unsafe = "class means through torch.nonzero (a data-dependent shape)"
+
+
+def test_an_algorithm_that_is_not_vmap_safe_must_say_so_and_is_then_looped():
+    assert failures(DataDependentShapes()).keys() == {"check_vmap_matches_loop", "check_meta_gradient_batched_equals_loop"}
+    # Declared: the harness's batched plans (evaluation, training, attacks) loop over its episodes.
+    assert failures(DeclaredDataDependentShapes()) == {}
+    from bench.execution import Execution, for_algorithm
+
+    assert for_algorithm(Execution("vmap", chunk=4), DeclaredDataDependentShapes()) == Execution("loop", chunk=4)
+    assert for_algorithm(Execution("vmap"), SmallProto()).strategy == "vmap"
+
+
+def test_a_blank_vmap_reason_fails_the_metadata_check():
+    class Blank(DeclaredDataDependentShapes):
+        vmap_unsafe = " "
+
+    assert failures(Blank()).keys() == {"check_metadata"}
 
 
 test_helper_checks_every_variant = algorithm_contract_tests(SmallProto, SmallProto(bn="batch"))

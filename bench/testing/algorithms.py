@@ -2,8 +2,10 @@
 
 Each check takes an algorithm instance and raises :class:`~bench.testing.ContractError`
 (an ``AssertionError``) with a message naming the algorithm and what to change. No check
-skips: a check that does not apply to an algorithm (query independence of a
-transductive one) passes, so checking several variants in one test never hides one.
+skips, so checking several variants in one test never hides one: where an algorithm
+declares that a property does not hold, the check verifies the declaration instead
+(query independence of a ``transductive`` algorithm: the other queries do change its
+logits; ``vmap`` of a ``vmap_unsafe`` one: the harness's batched plans loop over it).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def check_metadata(algo: Algorithm) -> None:
     assert KEBAB.fullmatch(algo.id), "id must be kebab-case"
     assert isinstance(algo.transductive, bool)
     assert algo.bn_policy, "state the BatchNorm policy"
+    assert algo.vmap_unsafe is None or (isinstance(algo.vmap_unsafe, str) and algo.vmap_unsafe.strip()), \
+        "vmap_unsafe is None (vmap-safe) or one line saying why adapt/predict are not vmap-safe"
     algo.options.model_dump(mode="json")  # options must serialise into result entries
 
 
@@ -123,10 +127,26 @@ def check_pure(algo: Algorithm) -> None:
 
 
 def check_vmap_matches_loop(algo: Algorithm) -> None:
-    """``torch.func.vmap`` over episodes gives the per-episode loop's logits."""
+    """``torch.func.vmap`` over episodes gives the per-episode loop's logits.
+
+    An algorithm that declares why it is not ``vmap``-safe (``vmap_unsafe``) is run one
+    episode at a time by the harness; for it, the check verifies that the harness's batched
+    plan does exactly that (same logits as the loop), so a batched evaluation, training
+    step or attack never ``vmap``s it.
+    """
     params = init_params(algo, dtype=torch.float64)
     eps = random_episodes(dtype=torch.float64)
     loop = torch.stack([_logits(algo, params, eps[e], SPEC.n_way) for e in range(eps.x_support.shape[0])])
+    if algo.vmap_unsafe:
+        from bench.attacks import Victim
+        from bench.execution import predict_episodes
+
+        batched_plan = Execution("vmap", chunk=2)
+        torch.testing.assert_close(predict_episodes(algo, params, eps, SPEC.n_way, batched_plan), loop,
+                                   rtol=1e-9, atol=1e-10)
+        victim = Victim(algo, params, SPEC.n_way, batched_plan)
+        assert victim.execution.strategy == "loop", "the attacks' victim would vmap an algorithm that is not vmap-safe"
+        return
     batched = torch.func.vmap(lambda xs, ys, xq: algo.predict(params, algo.adapt(params, xs, ys, n_way=SPEC.n_way), xq))(
         eps.x_support, eps.y_support, eps.x_query)
     torch.testing.assert_close(batched, loop, rtol=1e-9, atol=1e-10)
@@ -264,14 +284,17 @@ def check_meta_gradient_batched_equals_loop(algo: Algorithm) -> None:
 def check_query_independence(algo: Algorithm) -> None:
     """A non-transductive algorithm gives each query the same logits alone and in a batch.
 
-    A transductive one (``transductive = True``) has nothing to check here and passes: it
-    is ranked separately. This check never skips, so a transductive variant checked in
-    the same test cannot hide a non-transductive one.
+    A transductive one (``transductive = True``) is ranked separately, so its declaration
+    must be true: replacing the other queries of the batch must change some query's
+    logits (a learner that declared itself transductive without being so would leave the
+    inductive ranking for no reason). This check never skips, so a transductive variant
+    checked in the same test cannot hide a non-transductive one.
     """
-    if algo.transductive:
-        return
     params = init_params(algo, dtype=torch.float64)
     ep = random_episodes(dtype=torch.float64)[0]
+    if algo.transductive:
+        _check_transductive(algo, params, ep)
+        return
     state = algo.adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
     batch = checked_predict(algo, params, state, ep.x_query, SPEC.n_way)
     for i in range(ep.x_query.shape[0]):
@@ -282,6 +305,24 @@ def check_query_independence(algo: Algorithm) -> None:
                 f"other queries ({batch[i].tolist()}): predict is transductive (e.g. BatchNorm over the query batch). "
                 "Declare transductive = True (such entries are ranked separately), or normalise queries with "
                 "statistics that do not depend on the other queries (e.g. the support set's).")
+
+
+def _check_transductive(algo: Algorithm, params: Params, ep: Episode) -> None:
+    """Some query's logits change when the *other* queries are replaced by new images
+    (the batch keeps its size, so a method that needs a full query set still runs)."""
+    state = algo.adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
+    batch = checked_predict(algo, params, state, ep.x_query, SPEC.n_way)
+    others = random_episodes(dtype=ep.x_query.dtype, seed=1)[0].x_query
+    for i in range(ep.x_query.shape[0]):
+        mixed = others.clone()
+        mixed[i] = ep.x_query[i]
+        if not torch.allclose(checked_predict(algo, params, state, mixed, SPEC.n_way)[i], batch[i], rtol=1e-9,
+                              atol=1e-10):
+            return
+    raise ContractError(
+        f"{algo.id}: declares transductive = True, but no query's logits change when the other queries of its batch "
+        "are replaced: predict treats queries independently. Declare transductive = False (transductive entries are "
+        "ranked separately), or check why the other queries have no effect.")
 
 
 def random_split(n_classes: int = 7, per_class: int = 5, spec: EpisodeSpec = SPEC, seed: int = 0) -> ImageSplit:
