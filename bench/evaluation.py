@@ -21,7 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from bench.attacks import SanityResult, Victim, ensemble_name, monotone_in_eps, run_attack, sanity_checks
+from bench.attacks import (
+    SanityResult, Victim, combine_ensemble, ensemble_name, monotone_in_eps, run_attack, sanity_checks,
+)
 from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
@@ -257,8 +259,10 @@ def _run_chunk(pl: _Plan, ids: list[int], done: Mapping[tuple[str, int], tuple[i
         if all((name, e) in done for e in ids) and name not in in_ensemble:
             continue
         robust[name] = _attack(pl, name, sc, atk, clean, ids)
+    targets = {name: sc.target for name, sc, _ in pl.attack_cells}
     for ens, members in pl.ensembles.items():
-        robust[ens] = torch.stack([robust[m] for m in members]).all(0)
+        # query: per-query union; support / both: the worst single member per episode.
+        robust[ens] = combine_ensemble(targets[members[0]], [robust[m] for m in members])
     pl.timing["attacks"] += tick() - t0
     total = int(clean.y_query.shape[-1])
     for name, ok in robust.items():
@@ -321,8 +325,11 @@ def evaluate(
         not depend on chunking or on which other scenarios run.
     :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
         target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
-        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` counts
-        a query robust only if every one of them fails on it.
+        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` combines
+        them (:func:`bench.attacks.combine_ensemble`): for the ``query`` target a query is
+        robust only if every one of them fails on it; for ``support`` and ``both``, where
+        the support set is poisoned once per episode, each episode counts its worst
+        single attack (the fewest correct queries).
     :param attack_seeds: ``episode`` (default): each episode is attacked with its own
         generator seeded from (suite seed, scenario, episode), so results do not depend
         on chunking and any episode can be re-run alone; ``chunk``: one generator per
