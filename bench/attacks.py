@@ -477,12 +477,14 @@ targeted DLR for ``n_way >= 4``, the log-probability of the target class otherwi
 def query_loss(logits: Tensor, y: Tensor, loss: str, target_class: Tensor | None = None) -> Tensor:
     """Per-query attack loss ``[..., Q]`` (to be maximised) of logits ``[..., Q, n_way]``.
 
-    Computed per query so that a sum over queries weighs every query alike: the
-    margin losses are linear in the logits (CW) or scale-free and bounded in [-1, 1]
-    (DLR, targeted DLR), and the targeted log-probability saturates at 0 once the
-    query is predicted as its target. Cross-entropy does not: summed over the
-    queries, the misclassified ones, whose loss grows without bound, take almost all
-    of the gradient (why a poisoning attack on CE alone stalls).
+    Computed per query, then summed over the queries of a unit by :func:`apgd`. The
+    CW margin is linear in the logits, so every query weighs alike in logit space, and
+    the targeted log-probability saturates at 0 once the query is predicted as its
+    target. Cross-entropy does not: summed over the queries, the misclassified ones,
+    whose loss grows without bound, take almost all of the gradient (why a poisoning
+    attack on CE alone stalls). DLR is scale-free, but its denominator
+    ``z_1 - z_3`` lets a query whose true logit fell far below the others weigh more;
+    on the natural ProtoNet it was the weakest margin member (see the ensemble).
 
     :param target_class: ``[..., Q]`` the class each query is pushed toward (``targeted``).
     """
@@ -516,7 +518,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
     ps = [0.0, 0.22]
     while ps[-1] < 1:
         ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
-    return sorted({min(steps, max(1, math.ceil(p * steps))) for p in ps[1:]})
+    return sorted({min(steps, max(1, math.ceil(p * steps - 1e-9))) for p in ps[1:]})  # 0.57 * 100 is 57
 
 
 def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: int, restarts: int, loss: str,
@@ -599,6 +601,7 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
     best_s, best_q = xs.clone(), xq.clone()
     best_wrong = torch.full(unit_shape, -1.0, device=dev)
     best_loss = torch.full(unit_shape, -math.inf, device=dev)
+    n_all = float(yq.shape[-1]) if not per_query else 1.0
 
     def evaluate(ds: Tensor | None, dq: Tensor | None, tc: Tensor | None,
                  grad: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -616,6 +619,9 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
         # Ties on the wrong count go to the higher loss; the first restart's loss is not
         # comparable with a targeted restart's, but a tie on damage is a tie either way.
         better = (wrong > best_wrong) | ((wrong == best_wrong) & (unit > best_loss))
+        # A unit keeps its first all-wrong point: alone it would stop there (early exit), so
+        # the result does not depend on which other episodes share its chunk.
+        better &= best_wrong < n_all
         best_wrong.copy_(torch.where(better, wrong, best_wrong))
         best_loss.copy_(torch.where(better, unit, best_loss))
         sel = better.view(*better.shape, 1, 1, 1) if per_query else better.view(-1, 1, 1, 1, 1)
@@ -624,7 +630,6 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
         if dq is not None:
             best_q.copy_(torch.where(sel, xq + dq, best_q))
 
-    n_all = float(yq.shape[-1]) if not per_query else 1.0
     checkpoints = set(apgd_checkpoints(steps))
     for t, ds, dq in starts:
         if bool((best_wrong >= n_all).all()):
@@ -857,8 +862,20 @@ def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[Atta
                 f"eps {format_eps(bad[0][1][0])}")
 
 
+POISON_NEAR_ZERO = 0.05
+"""Accuracy a poisoning attack (support, both) must reach at an eps spanning the whole
+pixel range: the support images can then be any images, and swapping them between
+classes alone leaves about 1% of the queries correct. Chance is no bar there: an attack
+that only makes every query predict one class scores exactly chance."""
+
+POISON_REFERENCE = ("apgd-margin", (("loss", "cw"),))
+"""The poisoning attack the sanity checks vet when the evaluation runs no ``apgd-ensemble``
+on the target: APGD on the per-query CW margin through adaptation."""
+
+
 def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str,
-                  steps: int, generator_seed: int) -> SanityResult:
+                  steps: int, generator_seed: int,
+                  poison: tuple[str, Sequence[tuple[str, Any]]] | None = None) -> SanityResult:
     """Attack-strength checks on a few episodes, with the first-party reference attacks.
 
     - ``steps-monotone``: PGD with ``steps`` is at least as strong as with ``steps // 4``;
@@ -868,6 +885,9 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
       or below chance (``1/n_way + 0.1``);
     - ``gradient-free`` (query target): Square (gradient-free) is not far stronger
       than PGD (by more than 0.1), a sign of gradient masking.
+
+    For the poisoning targets (``support``, ``both``) also :func:`poisoning_checks` on
+    the ``poison`` attack (``(id, options)``; default :data:`POISON_REFERENCE`).
 
     Each failure is a reason to mark the result unreliable.
     """
@@ -900,4 +920,59 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
         a_sq = acc("square", eps, n_queries=1000) if norm == "linf" else acc("square-l2", eps, n_queries=1000)
         out.add("gradient-free", a_sq >= a_pgd - 0.1,
                 f"Square (gradient-free) {a_sq:.3f} vs PGD {a_pgd:.3f}", square=a_sq, pgd=a_pgd)
+    elif norm == "linf":
+        pid, popts = poison or POISON_REFERENCE
+        poisoning_checks(registry, victim, episodes, eps=eps, target=target, steps=steps, generator_seed=generator_seed,
+                         attack=pid, options=dict(popts), out=out)
+    return out
+
+
+def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, target: str, steps: int,
+                     generator_seed: int, attack: str, options: dict[str, Any],
+                     out: SanityResult | None = None) -> SanityResult:
+    """Strength checks of a Linf poisoning attack (``support`` or ``both`` target) on a few
+    episodes, each failure a reason to mark the result unreliable:
+
+    - ``poison-vs-pgd``: on *every* episode it leaves no more queries correct than
+      PGD-``steps`` (cross-entropy, through adaptation);
+    - ``poison-large-eps``: at eps 1 (the whole pixel range) accuracy is near zero
+      (:data:`POISON_NEAR_ZERO`), not merely at chance;
+    - ``poison-eps-monotone``: at ``eps`` it is at least as strong as at ``eps / 2``;
+    - ``poison-steps-monotone``: with its ``steps`` it is at least as strong as with a
+      quarter of them (when it has a ``steps`` option);
+    - ``poison-gradient-free``: random search over the sign corners of the ball
+      (``sign-search``, gradient-free) is not far stronger (by more than 0.1), a sign of
+      gradient masking through adaptation.
+    """
+    out = out if out is not None else SanityResult()
+
+    def correct(attack_id: str, e: float, **opts: Any) -> Tensor:
+        g = torch.Generator().manual_seed(generator_seed)
+        return run_attack(registry.create("attack", attack_id, opts), victim, episodes, e, target, g).sum(-1)
+
+    total = float(episodes.y_query[0].numel())
+    name = attack + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
+    mine = correct(attack, eps, **options)
+    ref = correct("pgd-linf", eps, steps=steps)
+    a, a_pgd = float(mine.sum()) / (total * len(mine)), float(ref.sum()) / (total * len(ref))
+    worse = (mine > ref).nonzero()[:, 0].tolist()
+    out.add("poison-vs-pgd", not worse,
+            f"{name} {a:.3f} vs PGD-{steps} {a_pgd:.3f}" + (f"; weaker than PGD on episodes {worse}" if worse else
+                                                            ", at least as strong on every episode"),
+            poison=a, pgd=a_pgd, episodes_weaker=len(worse))
+    a_big = float(correct(attack, 1.0, **options).sum()) / (total * len(mine))
+    out.add("poison-large-eps", a_big <= POISON_NEAR_ZERO,
+            f"{name} at eps 1 (the whole pixel range): {a_big:.3f}, expected <= {POISON_NEAR_ZERO}",
+            poison_large_eps=a_big)
+    a_half = float(correct(attack, eps / 2, **options).sum()) / (total * len(mine))
+    out.add("poison-eps-monotone", a <= a_half + SANITY_TOL, f"eps {format_eps(eps)}: {a:.3f} vs eps/2: {a_half:.3f}",
+            poison=a, poison_half_eps=a_half)
+    n_steps = options.get("steps", getattr(registry.create("attack", attack, options).options, "steps", None))
+    if n_steps is not None and n_steps >= 4:
+        a_few = float(correct(attack, eps, **{**options, "steps": n_steps // 4}).sum()) / (total * len(mine))
+        out.add("poison-steps-monotone", a <= a_few + SANITY_TOL, f"{n_steps} steps {a:.3f} vs {n_steps // 4}: {a_few:.3f}",
+                poison=a, poison_few_steps=a_few)
+    a_rs = float(correct("sign-search", eps, n_queries=1000).sum()) / (total * len(mine))
+    out.add("poison-gradient-free", a_rs >= a - 0.1, f"sign-search (gradient-free) {a_rs:.3f} vs {name} {a:.3f}",
+            sign_search=a_rs, poison=a)
     return out

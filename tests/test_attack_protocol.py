@@ -203,3 +203,45 @@ def test_adversarial_fine_tuning_starts_from_a_checkpoint(tmp_path, tiny_suite):
     assert res.meta["adversarial"]["init_from"]["sha256"] == natural.sha256
     with pytest.raises(MrbenchError, match="holds a 'protonet' checkpoint"):
         train("maml", tiny_suite, tmp_path / "m.pt", steps=1, meta_batch=1, device="cpu", init_from=tmp_path / "n.pt")
+
+
+def test_combine_ensemble_is_per_query_for_evasion_and_per_episode_for_poisoning():
+    from bench.attacks import combine_ensemble
+
+    # Two members on one 4-query episode, each leaving a different half of the queries correct.
+    a = torch.tensor([[True, True, False, False]])
+    b = torch.tensor([[False, False, True, True]])
+    assert combine_ensemble("query", [a, b]).sum().item() == 0  # a query may pick its own attack
+    for target in ("support", "both"):
+        # One poisoned support set per episode: the worst single member, not the per-query union (0 correct).
+        assert combine_ensemble(target, [a, b]).tolist() == a.tolist()
+        worse = torch.tensor([[False, False, False, True]])
+        assert combine_ensemble(target, [a, worse, b]).tolist() == worse.tolist()
+
+
+@pytest.mark.parametrize("target", ["support", "both"])
+def test_poisoning_ensemble_rows_take_the_worst_member_per_episode(tmp_path, tiny_suite, ckpt, monkeypatch, target):
+    # Members whose per-query union differs from the per-episode worst: the union of
+    # fgsm's and pgd's successes would leave no query correct, but an attacker can only
+    # pick one poisoned support set per episode.
+    def fake(atk, victim, episodes, eps, target, generator):
+        E, Q = episodes.y_query.shape
+        ok = torch.zeros(E, Q, dtype=torch.bool)
+        half = Q // 2
+        if atk.id == "fgsm":
+            ok[:, :half] = True  # half of the queries correct
+        else:
+            ok[:, half:] = True  # the other half, plus one more on even episodes
+            ok[:, 0] = bool(generator.initial_seed() % 2)
+        return ok
+
+    monkeypatch.setattr(evaluate_mod, "run_attack", fake)
+    cells = [AttackScenario("fgsm", EPS, target), AttackScenario("pgd-linf", EPS, target, (("steps", 2),))]
+    e = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=cells, n_episodes=6,
+                 sanity=False)
+    per = pd.read_csv(tmp_path / "r.episodes.csv").pivot(index="episode", columns="scenario", values="correct")
+    members = per[[c.name for c in cells]]
+    ens = per[f"ensemble@16/255:{target}"]
+    assert (ens == members.min(axis=1)).all(), "each episode counts its worst single member"
+    assert (ens > 0).all(), "not the per-query union, which leaves nothing correct"
+    assert e["metrics"][f"ensemble@16/255:{target}"]["accuracy"] > 0
