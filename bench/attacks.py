@@ -868,9 +868,11 @@ pixel range: the support images can then be any images, and swapping them betwee
 classes alone leaves about 1% of the queries correct. Chance is no bar there: an attack
 that only makes every query predict one class scores exactly chance."""
 
-POISON_REFERENCE = ("apgd-margin", (("loss", "cw"),))
-"""The poisoning attack the sanity checks vet when the evaluation runs no ``apgd-ensemble``
-on the target: APGD on the per-query CW margin through adaptation."""
+def poison_reference(steps: int) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The poisoning attack the sanity checks vet when the evaluation runs no
+    ``apgd-ensemble`` on the target: APGD on the per-query CW margin through adaptation,
+    with as many steps as the evaluation's PGD (at least 20)."""
+    return "apgd-margin", (("loss", "cw"), ("steps", max(20, steps)))
 
 
 def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str,
@@ -887,7 +889,7 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
       than PGD (by more than 0.1), a sign of gradient masking.
 
     For the poisoning targets (``support``, ``both``) also :func:`poisoning_checks` on
-    the ``poison`` attack (``(id, options)``; default :data:`POISON_REFERENCE`).
+    the ``poison`` attack (``(id, options)``; default :func:`poison_reference`).
 
     Each failure is a reason to mark the result unreliable.
     """
@@ -921,7 +923,7 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
         out.add("gradient-free", a_sq >= a_pgd - 0.1,
                 f"Square (gradient-free) {a_sq:.3f} vs PGD {a_pgd:.3f}", square=a_sq, pgd=a_pgd)
     elif norm == "linf":
-        pid, popts = poison or POISON_REFERENCE
+        pid, popts = poison or poison_reference(steps)
         poisoning_checks(registry, victim, episodes, eps=eps, target=target, steps=steps, generator_seed=generator_seed,
                          attack=pid, options=dict(popts), out=out)
     return out
@@ -941,8 +943,9 @@ def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: f
     - ``poison-steps-monotone``: with its ``steps`` it is at least as strong as with a
       quarter of them (when it has a ``steps`` option);
     - ``poison-gradient-free``: random search over the sign corners of the ball
-      (``sign-search``, gradient-free) is not far stronger (by more than 0.1), a sign of
-      gradient masking through adaptation.
+      (``sign-search``, gradient-free, ``min(1000, 50 * steps)`` model evaluations per
+      episode) is not far stronger (by more than 0.1), a sign of gradient masking
+      through adaptation.
     """
     out = out if out is not None else SanityResult()
 
@@ -972,7 +975,7 @@ def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: f
         a_few = float(correct(attack, eps, **{**options, "steps": n_steps // 4}).sum()) / (total * len(mine))
         out.add("poison-steps-monotone", a <= a_few + SANITY_TOL, f"{n_steps} steps {a:.3f} vs {n_steps // 4}: {a_few:.3f}",
                 poison=a, poison_few_steps=a_few)
-    a_rs = float(correct("sign-search", eps, n_queries=1000).sum()) / (total * len(mine))
+    a_rs = float(correct("sign-search", eps, n_queries=min(1000, 50 * steps)).sum()) / (total * len(mine))
     out.add("poison-gradient-free", a_rs >= a - 0.1, f"sign-search (gradient-free) {a_rs:.3f} vs {name} {a:.3f}",
             sign_search=a_rs, poison=a)
     return out

@@ -245,3 +245,22 @@ def test_poisoning_ensemble_rows_take_the_worst_member_per_episode(tmp_path, tin
     assert (ens == members.min(axis=1)).all(), "each episode counts its worst single member"
     assert (ens > 0).all(), "not the per-query union, which leaves nothing correct"
     assert e["metrics"][f"ensemble@16/255:{target}"]["accuracy"] > 0
+
+
+def test_cli_runs_the_poisoning_ensemble_sharded_on_the_support_and_both(tmp_path, tiny_suite, ckpt):
+    # `--attacks apgd-ensemble` on the default targets: the query target (which it does not
+    # attack) is skipped; per-episode seeds make two shards equal one process.
+    out = tmp_path / "p.json"
+    args = ["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--episodes", "4",
+            "--attacks", "apgd-ensemble[n_target_classes=1,steps=3]", "--eps", "16/255", "--target",
+            "query,support,both", "--no-sanity", "--quiet", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "ref.json")]) == 0
+    ref = json.loads((tmp_path / "ref.json").read_text())["metrics"]
+    assert set(ref) == {"clean", "apgd-ensemble[n_target_classes=1][steps=3]@16/255:support",
+                        "apgd-ensemble[n_target_classes=1][steps=3]@16/255:both"}
+    evaluate_args = dict(device="cpu", n_episodes=4, chunk_episodes=2, sanity=False,
+                         attacks=[AttackScenario("apgd-ensemble", EPS, t, (("n_target_classes", 1), ("steps", 3)))
+                                  for t in ("support", "both")])
+    assert evaluate(None, tiny_suite, ckpt, out=out, shard=(1, 2), **evaluate_args) is None
+    e = evaluate(None, tiny_suite, ckpt, out=out, shard=(0, 2), **evaluate_args)
+    assert e["metrics"] == ref
