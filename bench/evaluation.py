@@ -24,11 +24,6 @@ import torch
 from bench.attacks import (
     SanityResult, Victim, combine_ensemble, ensemble_name, monotone_in_eps, run_attack, sanity_checks,
 )
-
-POISON_ENSEMBLE = "apgd-ensemble"
-"""The poisoning ensemble (support, both): where an evaluation runs it, the poisoning
-sanity checks (:func:`bench.attacks.poisoning_checks`) vet it rather than the reference
-single attack."""
 from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
@@ -38,6 +33,10 @@ from bench.provenance import digest, environment, peak_memory_bytes
 from bench.schema import SCHEMA_VERSION
 from bench.suites import Suite, get_suite
 
+POISON_ENSEMBLE = "apgd-ensemble"
+"""The poisoning ensemble (support, both): where an evaluation runs it, the poisoning
+sanity checks (:func:`bench.attacks.poisoning_checks`) vet it rather than the reference
+single attack."""
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
