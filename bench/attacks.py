@@ -89,8 +89,32 @@ class AttackScenario:
 
 
 def ensemble_name(eps: float, target: str) -> str:
-    """Scenario name of the per-query ensemble over every attack of ``(eps, target)``."""
+    """Scenario name of the ensemble over every attack of ``(eps, target)`` (see :func:`combine_ensemble`)."""
     return f"ensemble@{format_eps(eps)}:{target}"
+
+
+def combine_ensemble(target: str, members: Sequence[Tensor]) -> Tensor:
+    """Per-query correctness ``[E, Q]`` under an ensemble of attacks, from each member's.
+
+    ``query``: a query is robust only if every member fails on it (the per-query
+    union of successes): an evasion attacker perturbs each query on its own, so it
+    may pick a different attack for every query.
+
+    ``support`` and ``both``: an attacker poisons the support set *once* per episode,
+    so the episode's result is that of its worst single member (the one leaving the
+    fewest queries correct; the first such member on a tie). The per-query union would
+    merge the outcomes of different poisoned support sets, which no attacker can
+    achieve, and under-report the accuracy.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    stacked = torch.stack(list(members))  # [M, E, Q]
+    if target == "query":
+        return stacked.all(0)
+    if target not in TARGETS:
+        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+    worst = stacked.sum(-1).argmin(0)  # [E]: first member with the fewest correct queries
+    return stacked[worst, torch.arange(stacked.shape[1], device=stacked.device)]
 
 
 class Victim:
@@ -323,8 +347,8 @@ def support_mask(shape: torch.Size, fraction: float, generator: torch.Generator,
 
 def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str, steps: int, step_size: float,
         random_start: bool, restarts: int, generator: torch.Generator, poison_fraction: float = 1.0,
-        chunk: int | None = None) -> Episode:
-    """Batched PGD on the cross-entropy of the queries, through adaptation.
+        chunk: int | None = None, loss: str = "ce") -> Episode:
+    """Batched PGD on a loss of the queries (cross-entropy by default), through adaptation.
 
     The perturbed parts (support, queries or both, see :data:`TARGETS`) of every
     episode are optimised on the summed query loss. Each episode keeps its worst
@@ -344,7 +368,11 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
     :param chunk: episodes per autograd graph. Default: one under the ``loop``
         execution (the CPU plan: the episodes run one by one anyway, and one graph over
         many of them only adds memory traffic), every episode under ``vmap``.
+    :param loss: ``ce`` or a margin loss of :func:`query_loss` (``margin``, ``cw``,
+        ``dlr``), computed per query and summed.
     """
+    if loss not in ("ce", "margin", "cw", "dlr"):
+        raise MrbenchError(f"pgd cannot ascend the loss {loss!r}.", "Use ce, margin, cw or dlr (targeted: apgd).")
     if target not in TARGETS:
         raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
     xs, xq = episodes.x_support, episodes.x_query
@@ -370,7 +398,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
         return None if t is None else t[i : i + chunk]
 
     parts = [_pgd_chunk(victim, episodes[i : i + chunk], [(sl(ds, i), sl(dq, i)) for ds, dq in starts],
-                        sl(mask, i), eps=eps, norm=norm, target=target, steps=steps, step_size=step_size)
+                        sl(mask, i), eps=eps, norm=norm, target=target, steps=steps, step_size=step_size, loss=loss)
              for i in range(0, E, chunk)]
     if len(parts) == 1:
         return parts[0]
@@ -385,7 +413,8 @@ def _box(x: Tensor, d: Tensor, m: Tensor | None, eps: float, norm: str) -> Tenso
 
 
 def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor | None, Tensor | None]],
-               mask: Tensor | None, *, eps: float, norm: str, target: str, steps: int, step_size: float) -> Episode:
+               mask: Tensor | None, *, eps: float, norm: str, target: str, steps: int, step_size: float,
+               loss: str = "ce") -> Episode:
     """PGD from the given starts (one per restart) on one autograd graph over ``episodes``."""
     xs, ys, xq, yq = episodes.tensors()
     dev, dtype = xs.device, xs.dtype
@@ -398,8 +427,8 @@ def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor 
 
     def score(logits: Tensor) -> tuple[Tensor, Tensor]:
         wrong = (logits.argmax(-1) != yq).to(dtype)
-        loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="none").view(yq.shape)
-        return (wrong, loss) if per_query else (wrong.sum(-1), loss.sum(-1))
+        lq = query_loss(logits, yq, loss)
+        return (wrong, lq) if per_query else (wrong.sum(-1), lq.sum(-1))
 
     def keep(ds: Tensor | None, dq: Tensor | None, logits: Tensor) -> None:
         wrong, loss = score(logits.detach())
@@ -421,8 +450,9 @@ def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor 
             leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None]
             with torch.enable_grad():
                 logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
-                loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="sum")
-                grads = torch.autograd.grad(loss, leaves)
+                total = (F.cross_entropy(logits.flatten(0, 1), yq.flatten(), reduction="sum") if loss == "ce"
+                         else query_loss(logits, yq, loss).sum())
+                grads = torch.autograd.grad(total, leaves)
             keep(ds.detach() if ds is not None else None, dq.detach() if dq is not None else None, logits)
             gi = iter(grads)
             with torch.no_grad():
@@ -434,6 +464,295 @@ def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor 
             logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
             keep(ds, dq, logits)
     return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
+
+
+# --- APGD through adaptation ----------------------------------------------------------
+
+LOSSES = ("ce", "margin", "cw", "dlr", "targeted")
+"""Losses of :func:`apgd`: ``ce`` (cross-entropy), ``margin`` (DLR for ``n_way >= 3``, the
+CW logit margin for 2 ways), ``targeted`` (toward a chosen wrong class per query:
+targeted DLR for ``n_way >= 4``, the log-probability of the target class otherwise)."""
+
+
+def query_loss(logits: Tensor, y: Tensor, loss: str, target_class: Tensor | None = None) -> Tensor:
+    """Per-query attack loss ``[..., Q]`` (to be maximised) of logits ``[..., Q, n_way]``.
+
+    Computed per query, then summed over the queries of a unit by :func:`apgd`. The
+    CW margin is linear in the logits, so every query weighs alike in logit space, and
+    the targeted log-probability saturates at 0 once the query is predicted as its
+    target. Cross-entropy does not: summed over the queries, the misclassified ones,
+    whose loss grows without bound, take almost all of the gradient (why a poisoning
+    attack on CE alone stalls). DLR is scale-free, but its denominator
+    ``z_1 - z_3`` lets a query whose true logit fell far below the others weigh more;
+    on the natural ProtoNet it was the weakest margin member (see the ensemble).
+
+    :param target_class: ``[..., Q]`` the class each query is pushed toward (``targeted``).
+    """
+    n = logits.shape[-1]
+    if loss == "ce":
+        return F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none").view(y.shape)
+    z_y = logits.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if loss in ("margin", "cw", "dlr"):
+        other = logits.masked_fill(F.one_hot(y, n).bool(), -math.inf).amax(-1)
+        if loss == "cw" or (loss == "margin" and n < 3):
+            return other - z_y  # CW margin
+        if n < 3:
+            raise MrbenchError(f"The DLR loss needs at least 3 classes, got {n}.", "Use the margin (or cw) loss.")
+        top = logits.topk(3, dim=-1).values
+        return (other - z_y) / (top[..., 0] - top[..., 2] + 1e-12)  # DLR (Croce & Hein 2020)
+    if loss == "targeted":
+        if target_class is None:
+            raise ValueError("the targeted loss needs target_class")
+        z_t = logits.gather(-1, target_class.unsqueeze(-1)).squeeze(-1)
+        if n < 4:
+            return torch.log_softmax(logits, -1).gather(-1, target_class.unsqueeze(-1)).squeeze(-1)
+        top = logits.topk(4, dim=-1).values
+        return (z_t - z_y) / (top[..., 0] - 0.5 * (top[..., 2] + top[..., 3]) + 1e-12)  # targeted DLR
+    raise MrbenchError(f"Unknown attack loss {loss!r}.", f"Losses: {', '.join(LOSSES)}.")
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """The iterations after which APGD decides whether to halve its step size: the
+    Croce & Hein schedule ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``
+    as iterations ``ceil(p_j * steps)``."""
+    ps = [0.0, 0.22]
+    while ps[-1] < 1:
+        ps.append(ps[-1] + max(ps[-1] - ps[-2] - 0.03, 0.06))
+    return sorted({min(steps, max(1, math.ceil(p * steps - 1e-9))) for p in ps[1:]})  # 0.57 * 100 is 57
+
+
+def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: int, restarts: int, loss: str,
+         generator: torch.Generator, n_target_classes: int | None = None, poison_fraction: float = 1.0,
+         chunk: int | None = None) -> Episode:
+    """Auto-PGD (Croce & Hein 2020) in the Linf ball, through adaptation.
+
+    The same victim and gradient path as :func:`pgd`: the perturbed parts (support,
+    queries or both) of every episode are optimised on the query loss of the learner
+    adapted on the (perturbed) support, so for ``support`` the loss is that of the clean
+    queries after adaptation on the poisoned support. Per unit (each query for the
+    ``query`` target; each episode for ``support`` and ``both``, whose one perturbation
+    acts on every query): step size ``2 eps``, halved at the checkpoints of
+    :func:`apgd_checkpoints` when fewer than 75% of the steps since the last one raised
+    the loss, or when the step was not halved last time and the best loss did not
+    improve (then the iterate restarts from the best point); momentum 0.75; the
+    best-loss point is tracked. Each unit returns its most damaging iterate over every
+    step and restart (fewest correct queries, then highest loss), as :func:`pgd` does.
+
+    A chunk stops early once every one of its units has every query wrong (nothing is
+    left to gain; AutoAttack likewise attacks only the points not yet fooled).
+
+    :param loss: one of :data:`LOSSES` (see :func:`query_loss`); sums over the queries
+        of a unit.
+    :param restarts: random starts (for ``targeted``: per target class).
+    :param n_target_classes: ``targeted``: each query is pushed, in turn, toward each of
+        its ``n_target_classes`` most likely wrong classes under the clean episode
+        (default and maximum ``n_way - 1``).
+    :param poison_fraction: fraction of the support images that may change.
+    :param chunk: episodes per autograd graph (as in :func:`pgd`); the result does not
+        depend on it.
+    """
+    if target not in TARGETS:
+        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+    if loss not in LOSSES:
+        raise MrbenchError(f"Unknown attack loss {loss!r}.", f"Losses: {', '.join(LOSSES)}.")
+    xs, xq = episodes.x_support, episodes.x_query
+    E = xs.shape[0]
+    dev, dtype = xs.device, xs.dtype
+    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
+    runs: list[int | None] = [None]
+    if loss == "targeted":
+        k = victim.n_way - 1 if n_target_classes is None else max(1, min(n_target_classes, victim.n_way - 1))
+        runs = list(range(k))
+    starts: list[tuple[int | None, Tensor | None, Tensor | None]] = []
+    for t in runs:
+        for _ in range(max(1, restarts)):
+            ds = _box(xs, random_in_ball(xs.shape, eps, "linf", generator, dev, dtype), mask, eps, "linf") if do_s else None
+            dq = _box(xq, random_in_ball(xq.shape, eps, "linf", generator, dev, dtype), None, eps, "linf") if do_q else None
+            starts.append((t, ds, dq))
+    if chunk is None:
+        chunk = 1 if victim.execution.strategy == "loop" else E
+    chunk = max(1, chunk)
+
+    def sl(v: Tensor | None, i: int) -> Tensor | None:
+        return None if v is None else v[i : i + chunk]
+
+    parts = [_apgd_chunk(victim, episodes[i : i + chunk], [(t, sl(ds, i), sl(dq, i)) for t, ds, dq in starts],
+                         sl(mask, i), eps=eps, target=target, steps=steps, loss=loss)
+             for i in range(0, E, chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return Episode(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
+
+
+def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | None, Tensor | None, Tensor | None]],
+                mask: Tensor | None, *, eps: float, target: str, steps: int, loss: str) -> Episode:
+    xs, ys, xq, yq = episodes.tensors()
+    dev, dtype = xs.device, xs.dtype
+    per_query = target == "query"
+    unit_shape = yq.shape if per_query else yq.shape[:1]
+
+    target_order = None
+    if loss == "targeted":
+        with torch.no_grad():
+            clean = victim.logits(xs, ys, xq)
+        target_order = clean.masked_fill(F.one_hot(yq, clean.shape[-1]).bool(), -math.inf).argsort(-1, descending=True)
+
+    best_s, best_q = xs.clone(), xq.clone()
+    best_wrong = torch.full(unit_shape, -1.0, device=dev)
+    best_loss = torch.full(unit_shape, -math.inf, device=dev)
+    n_all = float(yq.shape[-1]) if not per_query else 1.0
+
+    def evaluate(ds: Tensor | None, dq: Tensor | None, tc: Tensor | None,
+                 grad: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """Unit losses, unit wrong counts and (``grad``) the gradients w.r.t. ``ds``, ``dq``."""
+        leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None] if grad else []
+        with torch.enable_grad() if grad else torch.no_grad():
+            logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
+            lq = query_loss(logits, yq, loss, tc)
+            unit = lq if per_query else lq.sum(-1)
+            grads = list(torch.autograd.grad(unit.sum(), leaves)) if grad else []
+        wrong = (logits.detach().argmax(-1) != yq).to(dtype)
+        return unit.detach(), (wrong if per_query else wrong.sum(-1)), grads
+
+    def keep(ds: Tensor | None, dq: Tensor | None, unit: Tensor, wrong: Tensor) -> None:
+        # Ties on the wrong count go to the higher loss; the first restart's loss is not
+        # comparable with a targeted restart's, but a tie on damage is a tie either way.
+        better = (wrong > best_wrong) | ((wrong == best_wrong) & (unit > best_loss))
+        # A unit keeps its first all-wrong point: alone it would stop there (early exit), so
+        # the result does not depend on which other episodes share its chunk.
+        better &= best_wrong < n_all
+        best_wrong.copy_(torch.where(better, wrong, best_wrong))
+        best_loss.copy_(torch.where(better, unit, best_loss))
+        sel = better.view(*better.shape, 1, 1, 1) if per_query else better.view(-1, 1, 1, 1, 1)
+        if ds is not None:
+            best_s.copy_(torch.where(sel, xs + ds, best_s))
+        if dq is not None:
+            best_q.copy_(torch.where(sel, xq + dq, best_q))
+
+    checkpoints = set(apgd_checkpoints(steps))
+    for t, ds, dq in starts:
+        if bool((best_wrong >= n_all).all()):
+            break
+        tc = None if t is None or target_order is None else target_order[..., t]
+        unit, wrong, grads = evaluate(ds, dq, tc, True)
+        ds, dq = (d.detach() if d is not None else None for d in (ds, dq))
+        keep(ds, dq, unit, wrong)
+        eta = torch.full(unit_shape, 2.0 * eps, device=dev, dtype=dtype)
+        x_best = [d.detach().clone() if d is not None else None for d in (ds, dq)]
+        g_best = [g.clone() for g in grads]
+        loss_best, loss_prev = unit.clone(), unit.clone()
+        loss_at_check = unit.clone()
+        halved_at_check = torch.ones(unit_shape, dtype=torch.bool, device=dev)
+        n_up = torch.zeros(unit_shape, device=dev)
+        since = 0
+        cur = [d.detach() if d is not None else None for d in (ds, dq)]
+        prev = [c.clone() if c is not None else None for c in cur]
+        for i in range(steps):
+            with torch.no_grad():
+                gi = iter(grads)
+                nxt = []
+                for c, p, x, m in zip(cur, prev, (xs, xq), (mask, None)):
+                    if c is None:
+                        nxt.append(None)
+                        continue
+                    g = next(gi)
+                    e = eta.view(*eta.shape, *([1] * (g.dim() - eta.dim())))
+                    z = _box(x, c + e * g.sign(), m, eps, "linf")
+                    a = 0.75 if i > 0 else 1.0
+                    nxt.append(_box(x, c + a * (z - c) + (1 - a) * (c - p), m, eps, "linf"))
+                prev, cur = cur, nxt
+            unit, wrong, grads = evaluate(cur[0], cur[1], tc, True)
+            cur = [c.detach() if c is not None else None for c in cur]
+            keep(cur[0], cur[1], unit, wrong)
+            if bool((best_wrong >= n_all).all()):
+                break
+            with torch.no_grad():
+                n_up += (unit > loss_prev).to(n_up.dtype)
+                loss_prev = unit
+                up = unit > loss_best
+                for j, c in enumerate(cur):
+                    if c is not None:
+                        sel = up.view(*up.shape, *([1] * (c.dim() - up.dim())))
+                        x_best[j] = torch.where(sel, c, x_best[j])
+                gi_best = []
+                k = 0
+                for c in cur:
+                    if c is not None:
+                        sel = up.view(*up.shape, *([1] * (c.dim() - up.dim())))
+                        gi_best.append(torch.where(sel, grads[k], g_best[k]))
+                        k += 1
+                g_best = gi_best
+                loss_best = torch.where(up, unit, loss_best)
+                since += 1
+                if i + 1 in checkpoints:
+                    oscillating = n_up < 0.75 * since
+                    stalled = ~halved_at_check & (loss_at_check >= loss_best)
+                    halve = oscillating | stalled
+                    halved_at_check = halve
+                    loss_at_check = loss_best.clone()
+                    eta = torch.where(halve, eta / 2, eta)
+                    k = 0
+                    new_grads = []
+                    for j, c in enumerate(cur):
+                        if c is None:
+                            continue
+                        sel = halve.view(*halve.shape, *([1] * (c.dim() - halve.dim())))
+                        cur[j] = torch.where(sel, x_best[j], c)
+                        prev[j] = torch.where(sel, x_best[j], prev[j])  # no momentum across a restart
+                        new_grads.append(torch.where(sel, g_best[k], grads[k]))
+                        k += 1
+                    grads = new_grads
+                    n_up.zero_()
+                    since = 0
+    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
+
+
+def sign_search(victim: Victim, episodes: Episode, *, eps: float, target: str, queries: int,
+                generator: torch.Generator, p_init: float = 0.1, poison_fraction: float = 1.0) -> Episode:
+    """Gradient-free random search over the corners of the Linf ball (support, or support
+    and queries): start from a random sign perturbation ``eps * s``, then for ``queries``
+    iterations flip the signs of a random subset of pixels (a fraction ``p_init`` at
+    first, shrinking as in Square's schedule) and keep the flip when the episode ends with
+    more wrong queries, or as many and a higher margin loss (:func:`query_loss`, summed).
+    It uses the learner's outputs only, so it is the reference against gradient masking
+    of the poisoning attacks (see :func:`poisoning_checks`)."""
+    if target not in ("support", "both"):
+        raise MrbenchError(f"sign_search attacks the support or both, not {target!r}.")
+    xs, ys, xq, yq = episodes.tensors()
+    dev, dtype = xs.device, xs.dtype
+    gd = generator.device
+    mask = support_mask(xs.shape, poison_fraction, generator, dev)
+    parts = [(xs, mask)] + ([(xq, None)] if target == "both" else [])
+
+    def signs(x: Tensor) -> Tensor:
+        return (torch.randint(0, 2, x.shape, generator=generator, device=gd).to(dtype) * 2 - 1).to(dev)
+
+    cur = [signs(x) for x, _ in parts]
+
+    def score(sg: list[Tensor]) -> tuple[Tensor, Tensor, list[Tensor]]:
+        adv = [x + _box(x, eps * s, m, eps, "linf") for (x, m), s in zip(parts, sg)]
+        with torch.no_grad():
+            logits = victim.logits(adv[0], ys, adv[1] if len(adv) > 1 else xq)
+        wrong = (logits.argmax(-1) != yq).to(dtype).sum(-1)
+        return wrong, query_loss(logits, yq, "margin").sum(-1), adv
+
+    best_wrong, best_loss, best_adv = score(cur)
+    for i in range(queries):
+        p = p_init * (0.5 ** sum(i >= int(f * queries) for f in (0.1, 0.3, 0.5, 0.7, 0.9)))
+        flip = [(torch.rand(s.shape, generator=generator, device=gd) < p).to(dev) for s in cur]
+        cand = [torch.where(f, -s, s) for f, s in zip(flip, cur)]
+        wrong, loss, adv = score(cand)
+        better = (wrong > best_wrong) | ((wrong == best_wrong) & (loss > best_loss))
+        sel = better.view(-1, 1, 1, 1, 1)
+        cur = [torch.where(sel, c, s) for c, s in zip(cand, cur)]
+        best_adv = [torch.where(sel, a, b) for a, b in zip(adv, best_adv)]
+        best_wrong = torch.where(better, wrong, best_wrong)
+        best_loss = torch.where(better, loss, best_loss)
+        if bool((best_wrong >= yq.shape[-1]).all()):
+            break
+    return Episode(best_adv[0], ys, best_adv[1] if target == "both" else xq, yq)
 
 
 # --- the harness's checks -------------------------------------------------------------
@@ -543,8 +862,22 @@ def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[Atta
                 f"eps {format_eps(bad[0][1][0])}")
 
 
+POISON_NEAR_ZERO = 0.05
+"""Accuracy a poisoning attack (support, both) must reach at an eps spanning the whole
+pixel range: the support images can then be any images, and swapping them between
+classes alone leaves about 1% of the queries correct. Chance is no bar there: an attack
+that only makes every query predict one class scores exactly chance."""
+
+def poison_reference(steps: int) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The poisoning attack the sanity checks vet when the evaluation runs no
+    ``apgd-ensemble`` on the target: APGD on the per-query CW margin through adaptation,
+    with as many steps as the evaluation's PGD (at least 20)."""
+    return "apgd-margin", (("loss", "cw"), ("steps", max(20, steps)))
+
+
 def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str,
-                  steps: int, generator_seed: int) -> SanityResult:
+                  steps: int, generator_seed: int,
+                  poison: tuple[str, Sequence[tuple[str, Any]]] | None = None) -> SanityResult:
     """Attack-strength checks on a few episodes, with the first-party reference attacks.
 
     - ``steps-monotone``: PGD with ``steps`` is at least as strong as with ``steps // 4``;
@@ -554,6 +887,9 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
       or below chance (``1/n_way + 0.1``);
     - ``gradient-free`` (query target): Square (gradient-free) is not far stronger
       than PGD (by more than 0.1), a sign of gradient masking.
+
+    For the poisoning targets (``support``, ``both``) also :func:`poisoning_checks` on
+    the ``poison`` attack (``(id, options)``; default :func:`poison_reference`).
 
     Each failure is a reason to mark the result unreliable.
     """
@@ -586,4 +922,60 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
         a_sq = acc("square", eps, n_queries=1000) if norm == "linf" else acc("square-l2", eps, n_queries=1000)
         out.add("gradient-free", a_sq >= a_pgd - 0.1,
                 f"Square (gradient-free) {a_sq:.3f} vs PGD {a_pgd:.3f}", square=a_sq, pgd=a_pgd)
+    elif norm == "linf":
+        pid, popts = poison or poison_reference(steps)
+        poisoning_checks(registry, victim, episodes, eps=eps, target=target, steps=steps, generator_seed=generator_seed,
+                         attack=pid, options=dict(popts), out=out)
+    return out
+
+
+def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, target: str, steps: int,
+                     generator_seed: int, attack: str, options: dict[str, Any],
+                     out: SanityResult | None = None) -> SanityResult:
+    """Strength checks of a Linf poisoning attack (``support`` or ``both`` target) on a few
+    episodes, each failure a reason to mark the result unreliable:
+
+    - ``poison-vs-pgd``: on *every* episode it leaves no more queries correct than
+      PGD-``steps`` (cross-entropy, through adaptation);
+    - ``poison-large-eps``: at eps 1 (the whole pixel range) accuracy is near zero
+      (:data:`POISON_NEAR_ZERO`), not merely at chance;
+    - ``poison-eps-monotone``: at ``eps`` it is at least as strong as at ``eps / 2``;
+    - ``poison-steps-monotone``: with its ``steps`` it is at least as strong as with a
+      quarter of them (when it has a ``steps`` option);
+    - ``poison-gradient-free``: random search over the sign corners of the ball
+      (``sign-search``, gradient-free, ``min(1000, 50 * steps)`` model evaluations per
+      episode) is not far stronger (by more than 0.1), a sign of gradient masking
+      through adaptation.
+    """
+    out = out if out is not None else SanityResult()
+
+    def correct(attack_id: str, e: float, **opts: Any) -> Tensor:
+        g = torch.Generator().manual_seed(generator_seed)
+        return run_attack(registry.create("attack", attack_id, opts), victim, episodes, e, target, g).sum(-1)
+
+    total = float(episodes.y_query[0].numel())
+    name = attack + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
+    mine = correct(attack, eps, **options)
+    ref = correct("pgd-linf", eps, steps=steps)
+    a, a_pgd = float(mine.sum()) / (total * len(mine)), float(ref.sum()) / (total * len(ref))
+    worse = (mine > ref).nonzero()[:, 0].tolist()
+    out.add("poison-vs-pgd", not worse,
+            f"{name} {a:.3f} vs PGD-{steps} {a_pgd:.3f}" + (f"; weaker than PGD on episodes {worse}" if worse else
+                                                            ", at least as strong on every episode"),
+            poison=a, pgd=a_pgd, episodes_weaker=len(worse))
+    a_big = float(correct(attack, 1.0, **options).sum()) / (total * len(mine))
+    out.add("poison-large-eps", a_big <= POISON_NEAR_ZERO,
+            f"{name} at eps 1 (the whole pixel range): {a_big:.3f}, expected <= {POISON_NEAR_ZERO}",
+            poison_large_eps=a_big)
+    a_half = float(correct(attack, eps / 2, **options).sum()) / (total * len(mine))
+    out.add("poison-eps-monotone", a <= a_half + SANITY_TOL, f"eps {format_eps(eps)}: {a:.3f} vs eps/2: {a_half:.3f}",
+            poison=a, poison_half_eps=a_half)
+    n_steps = options.get("steps", getattr(registry.create("attack", attack, options).options, "steps", None))
+    if n_steps is not None and n_steps >= 4:
+        a_few = float(correct(attack, eps, **{**options, "steps": n_steps // 4}).sum()) / (total * len(mine))
+        out.add("poison-steps-monotone", a <= a_few + SANITY_TOL, f"{n_steps} steps {a:.3f} vs {n_steps // 4}: {a_few:.3f}",
+                poison=a, poison_few_steps=a_few)
+    a_rs = float(correct("sign-search", eps, n_queries=min(1000, 50 * steps)).sum()) / (total * len(mine))
+    out.add("poison-gradient-free", a_rs >= a - 0.1, f"sign-search (gradient-free) {a_rs:.3f} vs {name} {a:.3f}",
+            sign_search=a_rs, poison=a)
     return out

@@ -21,7 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from bench.attacks import SanityResult, Victim, ensemble_name, monotone_in_eps, run_attack, sanity_checks
+from bench.attacks import (
+    SanityResult, Victim, combine_ensemble, ensemble_name, monotone_in_eps, run_attack, sanity_checks,
+)
 from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
@@ -31,6 +33,10 @@ from bench.provenance import digest, environment, peak_memory_bytes
 from bench.schema import SCHEMA_VERSION
 from bench.suites import Suite, get_suite
 
+POISON_ENSEMBLE = "apgd-ensemble"
+"""The poisoning ensemble (support, both): where an evaluation runs it, the poisoning
+sanity checks (:func:`bench.attacks.poisoning_checks`) vet it rather than the reference
+single attack."""
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -258,8 +264,10 @@ def _run_chunk(pl: _Plan, ids: list[int], done: Mapping[tuple[str, int], tuple[i
         if all((name, e) in done for e in ids) and name not in in_ensemble:
             continue
         robust[name] = _attack(pl, name, sc, atk, clean, ids)
+    targets = {name: sc.target for name, sc, _ in pl.attack_cells}
     for ens, members in pl.ensembles.items():
-        robust[ens] = torch.stack([robust[m] for m in members]).all(0)
+        # query: per-query union; support / both: the worst single member per episode.
+        robust[ens] = combine_ensemble(targets[members[0]], [robust[m] for m in members])
     pl.timing["attacks"] += tick() - t0
     total = int(clean.y_query.shape[-1])
     for name, ok in robust.items():
@@ -322,8 +330,11 @@ def evaluate(
         not depend on chunking or on which other scenarios run.
     :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
         target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
-        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` counts
-        a query robust only if every one of them fails on it.
+        Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` combines
+        them (:func:`bench.attacks.combine_ensemble`): for the ``query`` target a query is
+        robust only if every one of them fails on it; for ``support`` and ``both``, where
+        the support set is poisoned once per episode, each episode counts its worst
+        single attack (the fewest correct queries).
     :param attack_seeds: ``episode`` (default): each episode is attacked with its own
         generator seeded from (suite seed, scenario, episode), so results do not depend
         on chunking and any episode can be re-run alone; ``chunk``: one generator per
@@ -687,16 +698,23 @@ def _sanity(registry: Any, victim: Any, split: Any, manifest: Any, dev: Any, att
     ids = torch.arange(min(n_sanity, E))
     episodes = gather(split, manifest[ids].to(dev))
     by_target: dict[str, Any] = {}
+    poison: dict[str, tuple[str, tuple]] = {}  # target -> the evaluated poisoning ensemble, which the checks vet
     for _, sc, atk in attack_cells:
         if atk.gradient_free:
+            continue
+        if sc.target != "query" and atk.id == POISON_ENSEMBLE:
+            poison[sc.target] = (atk.id, sc.options)
             continue
         cur = by_target.get(sc.target)
         if cur is None or sc.eps > cur[0]:
             steps = int(getattr(atk.options, "steps", 20))
             by_target[sc.target] = (sc.eps, atk.norm, max(steps, 4))
+    for _, sc, atk in attack_cells:  # an evaluation of the ensemble alone: PGD-20 is its reference
+        if sc.target in poison and sc.target not in by_target:
+            by_target[sc.target] = (sc.eps, atk.norm, 20)
     for target, (eps, norm, steps) in sorted(by_target.items()):
         res = sanity_checks(registry, victim, episodes, eps=eps, norm=norm, target=target, steps=steps,
-                            generator_seed=seed)
+                            generator_seed=seed, poison=poison.get(target))
         out[target] = {"episodes": int(ids.numel()), "eps": eps, "norm": norm, "checks": res.checks}
         failures += [f"{target} {f}" for f in res.failures]
     return out, failures

@@ -301,7 +301,9 @@ def _check_against_episodes(entry: ResultEntry, path: Path, problems: _Problems)
 class EnsembleSubset:
     """The suite's declared ensemble and the fixed episode subset it runs on.
 
-    :param attack: the ensemble's attack id (scenarios ``<attack>@<eps>:<target>``).
+    :param attack: the ensemble's attack id (scenarios ``<attack>@<eps>:<target>``), or
+        the ids of the ensembles that share the subset joined by `` or `` (the query
+        ``ensemble`` and the poisoning ``poison_ensemble`` of the ``[attacks]`` table).
     :param n_episodes: it runs on the suite's first ``n_episodes`` episodes.
     :param manifest_sha256: the pinned manifest digest of those episodes (``None``: not pinned).
     """
@@ -311,16 +313,17 @@ class EnsembleSubset:
     manifest_sha256: str | None
 
     def covers(self, scenario: str) -> bool:
-        return scenario.startswith(f"{self.attack}@")
+        return any(scenario.startswith(f"{a}@") for a in self.attack.split(" or "))
 
 
 def ensemble_subset(suite: Suite) -> EnsembleSubset | None:
     """The suite's :class:`EnsembleSubset`, or ``None`` if it declares no ensemble on fewer episodes than it has."""
     table = suite.attacks or {}
-    attack, n = table.get("ensemble"), table.get("ensemble_episodes")
-    if not attack or not n or suite.fixed_episodes or int(n) >= suite.n_episodes:
+    attacks = [str(a) for a in (table.get("ensemble"), table.get("poison_ensemble")) if a]
+    n = table.get("ensemble_episodes")
+    if not attacks or not n or suite.fixed_episodes or int(n) >= suite.n_episodes:
         return None
-    return EnsembleSubset(str(attack), int(n), table.get("ensemble_manifest_sha256"))
+    return EnsembleSubset(" or ".join(attacks), int(n), table.get("ensemble_manifest_sha256"))
 
 
 def is_ensemble_entry(entry: ResultEntry, suite: Suite) -> bool:

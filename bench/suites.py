@@ -50,7 +50,9 @@ class Suite:
     :param train_query: queries per class in meta-training episodes (default: the test spec's).
     :param attacks: the ``[attacks]`` table: the suite's default attack grid
         (``attacks``, ``eps``, ``targets``), its eps ``sweep``, and the ensemble with
-        the fixed episode subset it runs on (``ensemble``, ``ensemble_episodes``).
+        the fixed episode subset it runs on (``ensemble``, ``ensemble_episodes``), and the
+        poisoning ensemble for the support and both targets run on that subset
+        (``poison_ensemble``).
     :param shifts: the ``[shifts]`` table: the suite's shift grid (``corruptions`` at
         every one of ``severities``, plus ``extra`` ``id@severity`` cells); see
         :func:`shift_grid`.

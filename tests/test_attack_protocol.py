@@ -203,3 +203,64 @@ def test_adversarial_fine_tuning_starts_from_a_checkpoint(tmp_path, tiny_suite):
     assert res.meta["adversarial"]["init_from"]["sha256"] == natural.sha256
     with pytest.raises(MrbenchError, match="holds a 'protonet' checkpoint"):
         train("maml", tiny_suite, tmp_path / "m.pt", steps=1, meta_batch=1, device="cpu", init_from=tmp_path / "n.pt")
+
+
+def test_combine_ensemble_is_per_query_for_evasion_and_per_episode_for_poisoning():
+    from bench.attacks import combine_ensemble
+
+    # Two members on one 4-query episode, each leaving a different half of the queries correct.
+    a = torch.tensor([[True, True, False, False]])
+    b = torch.tensor([[False, False, True, True]])
+    assert combine_ensemble("query", [a, b]).sum().item() == 0  # a query may pick its own attack
+    for target in ("support", "both"):
+        # One poisoned support set per episode: the worst single member, not the per-query union (0 correct).
+        assert combine_ensemble(target, [a, b]).tolist() == a.tolist()
+        worse = torch.tensor([[False, False, False, True]])
+        assert combine_ensemble(target, [a, worse, b]).tolist() == worse.tolist()
+
+
+@pytest.mark.parametrize("target", ["support", "both"])
+def test_poisoning_ensemble_rows_take_the_worst_member_per_episode(tmp_path, tiny_suite, ckpt, monkeypatch, target):
+    # Members whose per-query union differs from the per-episode worst: the union of
+    # fgsm's and pgd's successes would leave no query correct, but an attacker can only
+    # pick one poisoned support set per episode.
+    def fake(atk, victim, episodes, eps, target, generator):
+        E, Q = episodes.y_query.shape
+        ok = torch.zeros(E, Q, dtype=torch.bool)
+        half = Q // 2
+        if atk.id == "fgsm":
+            ok[:, :half] = True  # half of the queries correct
+        else:
+            ok[:, half:] = True  # the other half, plus one more on even episodes
+            ok[:, 0] = bool(generator.initial_seed() % 2)
+        return ok
+
+    monkeypatch.setattr(evaluate_mod, "run_attack", fake)
+    cells = [AttackScenario("fgsm", EPS, target), AttackScenario("pgd-linf", EPS, target, (("steps", 2),))]
+    e = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=cells, n_episodes=6,
+                 sanity=False)
+    per = pd.read_csv(tmp_path / "r.episodes.csv").pivot(index="episode", columns="scenario", values="correct")
+    members = per[[c.name for c in cells]]
+    ens = per[f"ensemble@16/255:{target}"]
+    assert (ens == members.min(axis=1)).all(), "each episode counts its worst single member"
+    assert (ens > 0).all(), "not the per-query union, which leaves nothing correct"
+    assert e["metrics"][f"ensemble@16/255:{target}"]["accuracy"] > 0
+
+
+def test_cli_runs_the_poisoning_ensemble_sharded_on_the_support_and_both(tmp_path, tiny_suite, ckpt):
+    # `--attacks apgd-ensemble` on the default targets: the query target (which it does not
+    # attack) is skipped; per-episode seeds make two shards equal one process.
+    out = tmp_path / "p.json"
+    args = ["evaluate", "protonet", "--suite", tiny_suite, "--checkpoint", str(ckpt), "--episodes", "4",
+            "--attacks", "apgd-ensemble[n_target_classes=1,steps=3]", "--eps", "16/255", "--target",
+            "query,support,both", "--no-sanity", "--quiet", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "ref.json")]) == 0
+    ref = json.loads((tmp_path / "ref.json").read_text())["metrics"]
+    assert set(ref) == {"clean", "apgd-ensemble[n_target_classes=1][steps=3]@16/255:support",
+                        "apgd-ensemble[n_target_classes=1][steps=3]@16/255:both"}
+    evaluate_args = dict(device="cpu", n_episodes=4, chunk_episodes=2, sanity=False,
+                         attacks=[AttackScenario("apgd-ensemble", EPS, t, (("n_target_classes", 1), ("steps", 3)))
+                                  for t in ("support", "both")])
+    assert evaluate(None, tiny_suite, ckpt, out=out, shard=(1, 2), **evaluate_args) is None
+    e = evaluate(None, tiny_suite, ckpt, out=out, shard=(0, 2), **evaluate_args)
+    assert e["metrics"] == ref

@@ -320,10 +320,11 @@ def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable
 def test_ensemble_subset_entries_show_in_their_checkpoints_rows(root):
     base = _base_counts()
     aa = [(c // 4, t) for c, t in base[:200]]
+    poisoned = [(c // 2, t) for c, t in base[:200]]
     write_entry(_entries(root), "protonet-aa", base[:200], edit=_ensemble_edit("protonet"),
-                scenarios={"autoattack@16/255:query": aa})
+                scenarios={"autoattack@16/255:query": aa, "apgd-ensemble@16/255:support": poisoned})
     lb.build(root)
-    lb.check(root)
+    lb.check(root)  # the query and the poisoning ensemble share the declared subset
     rows = _table(root)
     assert "protonet-aa.json" not in {r["entry"] for r in rows}  # not ranked: its clean covers 200 episodes
     assert len(rows) == 3
@@ -333,8 +334,8 @@ def test_ensemble_subset_entries_show_in_their_checkpoints_rows(root):
     assert len(lines) == 1 and lines[0].startswith("| 1= | protonet [1] |")  # the row of the same checkpoint
     acc, ci = mean_ci95([c / t for c, t in aa])
     assert f"| {100 * acc:.2f} ± {100 * ci:.2f} (200 ep.) |" in lines[0]
-    assert ("autoattack@16/255:query: the suite's first 200 episodes (its ensemble subset), from protonet-aa.json"
-            in md)
+    assert ("autoattack@16/255:query, apgd-ensemble@16/255:support: the suite's first 200 episodes (its ensemble "
+            "subset), from protonet-aa.json" in md)
     assert "protonet-aa.json" in (root / "omniglot-5w1s" / "v1" / "table.html").read_text()
 
 
@@ -346,7 +347,7 @@ def test_ensemble_subset_entries_are_checked(root):
     write_entry(entries, "bad-pgd", base[:200], edit=_ensemble_edit("protonet"),
                 scenarios={"pgd-linf@16/255:query": aa["autoattack@16/255:query"]})
     _check_fails(root, "bad-pgd.json: metrics: pgd-linf@16/255:query on 200 episodes",
-                 "holds only clean and autoattack scenarios")
+                 "holds only clean and autoattack or apgd-ensemble scenarios")
     (entries / "bad-pgd.json").unlink()
     # other episodes than the pinned subset
     write_entry(entries, "bad-sha", base[:200], edit=_ensemble_edit("protonet", sha="0" * 64), scenarios=aa)

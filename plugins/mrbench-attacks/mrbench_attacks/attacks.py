@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from bench.attacks import Victim, pgd, project, torchattacks_query
+from bench.attacks import Victim, apgd, pgd, project, sign_search, torchattacks_query
 from bench.components import Attack, Episode, Options
 
 
@@ -170,11 +170,14 @@ def _seed(generator: torch.Generator) -> int:
 
 
 class APGDCE(Attack):
-    """Auto-PGD with cross-entropy (Croce & Hein 2020), ``torchattacks.APGD``; one episode at a time."""
+    """Auto-PGD with cross-entropy (Croce & Hein 2020). Query target: ``torchattacks.APGD``,
+    one episode at a time; support / both: mrbench's own APGD through adaptation
+    (:func:`bench.attacks.apgd`, the loss of the clean queries after adaptation on the
+    poisoned support)."""
 
     id = "apgd-ce"
     norm = "linf"
-    targets = ("query",)
+    targets = ("query", "support", "both")
     loss = "ce"
 
     class Options(Options):
@@ -183,6 +186,9 @@ class APGDCE(Attack):
 
     def perturb(self, victim, episodes, eps, target, generator):
         o = self.options
+        if target != "query":
+            return apgd(victim, episodes, eps=eps, target=target, steps=o.steps, restarts=o.restarts, loss="ce",
+                        generator=generator)
         return torchattacks_query(
             victim, episodes,
             lambda m: _ta().APGD(m, norm="Linf", eps=eps, steps=o.steps, n_restarts=o.restarts, loss=self.loss,
@@ -191,11 +197,131 @@ class APGDCE(Attack):
 
 
 class APGDDLR(APGDCE):
-    """Auto-PGD with the difference-of-logits-ratio loss; needs at least 3 ways."""
+    """Auto-PGD with the difference-of-logits-ratio loss, ``torchattacks.APGD``; needs at
+    least 3 ways. Query target only: ``apgd-margin`` attacks every target with DLR."""
 
     id = "apgd-dlr"
     loss = "dlr"
     min_way = 3
+    targets = ("query",)
+
+
+class _OwnAPGDOptions(Options):
+    steps: int = Field(100, ge=1, description="iterations (AutoAttack's standard: 100)")
+    restarts: int = Field(1, ge=1, description="random starts (targeted: per target class); the worst is kept")
+    poison_fraction: float = Field(1.0, gt=0, le=1, description="fraction of support images a support/both attack may change")
+
+
+_MARGIN = Field("margin", description="margin: DLR where n_way >= 3, the CW logit margin below; or dlr, cw")
+
+
+class APGDMargin(Attack):
+    """Auto-PGD on a margin loss, mrbench's own :func:`bench.attacks.apgd` on every target
+    (through adaptation for support / both). ``loss``: ``margin`` (default), DLR (Croce &
+    Hein 2020) where ``n_way >= 3`` and the CW logit margin with 2 ways; or ``cw`` or
+    ``dlr`` explicitly. Computed per query, so misclassified queries do not take the
+    gradient from the ones still correct (see :func:`bench.attacks.query_loss`)."""
+
+    id = "apgd-margin"
+    norm = "linf"
+    targets = ("query", "support", "both")
+
+    class Options(_OwnAPGDOptions):
+        loss: Literal["margin", "dlr", "cw"] = _MARGIN
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        o = self.options
+        return apgd(victim, episodes, eps=eps, target=target, steps=o.steps, restarts=o.restarts, loss=o.loss,
+                    generator=generator, poison_fraction=o.poison_fraction)
+
+
+class PGDMargin(_PGD):
+    """PGD in the Linf ball on a margin loss (``loss``: as ``apgd-margin``'s, default the CW
+    margin), mrbench's own :func:`bench.attacks.pgd` on every target (through adaptation
+    for support / both): the fixed-step reference the APGD ensemble is compared with."""
+
+    id = "pgd-margin"
+    norm = "linf"
+
+    class Options(_PGDOptions):
+        loss: Literal["margin", "dlr", "cw"] = Field("cw", description="cw (default), dlr, or margin (DLR where "
+                                                     "n_way >= 3, CW below)")
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        o = self.options
+        return pgd(victim, episodes, eps=eps, norm=self.norm, target=target, steps=o.steps,
+                   step_size=_rel_step(o) * eps, random_start=o.random_start, restarts=o.restarts,
+                   generator=generator, poison_fraction=o.poison_fraction, loss=o.loss)
+
+
+class APGDTargeted(Attack):
+    """Targeted Auto-PGD, mrbench's own :func:`bench.attacks.apgd` on every target: each
+    query is pushed toward each of its ``n_target_classes`` most likely wrong classes
+    (under the clean episode) in turn, with targeted DLR where ``n_way >= 4`` and the
+    target's log-probability below that (the support-poisoning papers' targeted attack,
+    per query)."""
+
+    id = "apgd-targeted"
+    norm = "linf"
+    targets = ("query", "support", "both")
+
+    class Options(_OwnAPGDOptions):
+        n_target_classes: int | None = Field(None, ge=1, description="wrong classes targeted in turn (default n_way - 1)")
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        o = self.options
+        return apgd(victim, episodes, eps=eps, target=target, steps=o.steps, restarts=o.restarts, loss="targeted",
+                    n_target_classes=o.n_target_classes, generator=generator, poison_fraction=o.poison_fraction)
+
+
+class APGDEnsemble(Attack):
+    """The poisoning ensemble for the support and both targets: APGD through adaptation
+    (:func:`bench.attacks.apgd`) with the CW margin, targeted APGD (toward each of the
+    ``n_target_classes`` most likely wrong classes), APGD-DLR (``n_way >= 3``) and
+    APGD-CE, each for ``steps`` iterations with ``restarts`` random starts (targeted: per
+    target class). An attacker poisons the support set once per episode, so each episode
+    gets the single member run that leaves the fewest of its queries correct, never a
+    per-query mix of different poisoned supports. Members run in that order, and an
+    episode whose every query is already wrong is not attacked further."""
+
+    id = "apgd-ensemble"
+    norm = "linf"
+    targets = ("support", "both")
+
+    class Options(Options):
+        steps: int = Field(100, ge=1, description="iterations of every member run (AutoAttack's standard: 100)")
+        restarts: int = Field(1, ge=1, description="random starts of every member (targeted: per target class)")
+        n_target_classes: int = Field(3, ge=1, description="targeted APGD: wrong classes targeted in turn (at most n_way - 1)")
+        poison_fraction: float = Field(1.0, gt=0, le=1, description="fraction of support images that may change")
+
+    def members(self, n_way: int) -> list[str]:
+        """The members' losses (:func:`bench.attacks.query_loss`), in the order they run."""
+        return ["cw", "targeted"] + (["dlr"] if n_way >= 3 else []) + ["ce"]
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        o = self.options
+        best = episodes
+        best_correct = None
+        for loss in self.members(victim.n_way):
+            todo = torch.arange(episodes.x_support.shape[0]) if best_correct is None else (best_correct > 0).nonzero()[:, 0]
+            if todo.numel() == 0:
+                break
+            sub = episodes[todo] if todo.numel() < episodes.x_support.shape[0] else episodes
+            adv = apgd(victim, sub, eps=eps, target=target, steps=o.steps, loss=loss,
+                       restarts=o.restarts, n_target_classes=o.n_target_classes,
+                       generator=generator, poison_fraction=o.poison_fraction)
+            with torch.no_grad():
+                correct = (victim.logits(adv.x_support, adv.y_support, adv.x_query).argmax(-1) == adv.y_query).sum(-1)
+            if best_correct is None:
+                best, best_correct = adv, correct
+                continue
+            take = correct < best_correct[todo]
+            idx = todo[take]
+            if idx.numel():
+                best = Episode(*(b.index_copy(0, idx, a[take]) if i in (0, 2) else b
+                                 for i, (b, a) in enumerate(zip(best.tensors(), adv.tensors()))))
+                best_correct = best_correct.index_copy(0, idx, correct[take])
+        return best
 
 
 class APGDT(Attack):
@@ -292,4 +418,26 @@ class AutoAttack(Attack):
         return torchattacks_query(victim, episodes, make, generator, per_episode=True)
 
 
-ATTACKS: list[type[Attack]] = [FGSM, PGDLinf, PGDL2, CWL2, APGDCE, APGDDLR, APGDT, Square, SquareL2, AutoAttack]
+class SignSearch(Attack):
+    """Gradient-free support poisoning: random search over the sign corners of the Linf
+    ball (:func:`bench.attacks.sign_search`), the check against gradient masking of the
+    poisoning attacks through adaptation."""
+
+    id = "sign-search"
+    norm = "linf"
+    targets = ("support", "both")
+    gradient_free = True
+
+    class Options(Options):
+        n_queries: int = Field(1000, ge=1, description="model evaluations per episode")
+        p_init: float = Field(0.1, gt=0, le=1, description="fraction of the signs flipped per step at first")
+        poison_fraction: float = Field(1.0, gt=0, le=1, description="fraction of support images that may change")
+
+    def perturb(self, victim, episodes, eps, target, generator):
+        o = self.options
+        return sign_search(victim, episodes, eps=eps, target=target, queries=o.n_queries, generator=generator,
+                           p_init=o.p_init, poison_fraction=o.poison_fraction)
+
+
+ATTACKS: list[type[Attack]] = [FGSM, PGDLinf, PGDL2, CWL2, APGDCE, APGDDLR, APGDT, Square, SquareL2, AutoAttack,
+                               APGDMargin, APGDTargeted, APGDEnsemble, PGDMargin, SignSearch]

@@ -194,6 +194,19 @@ def test_own_pgd_does_not_depend_on_how_episodes_share_a_graph(registry, target,
                            ep.x_support if target != "query" else ep.x_query)
 
 
+@pytest.mark.parametrize("target,loss", [("support", "cw"), ("both", "targeted"), ("query", "ce")])
+def test_apgd_does_not_depend_on_how_episodes_share_a_graph(registry, target, loss):
+    from bench.attacks import apgd
+
+    algo = registry.create("algorithm", "protonet")
+    ep = _easy_episodes(n_episodes=3, n_query=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 2), torch.Generator().manual_seed(0)), 5)
+    kw = dict(eps=16 / 255, target=target, steps=4, restarts=2, loss=loss, n_target_classes=2)
+    runs = [apgd(victim, ep, generator=torch.Generator().manual_seed(7), chunk=c, **kw) for c in (1, 3)]
+    for a, b in zip(runs[0].tensors(), runs[1].tensors()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
 # The shipped contract checks (bench.testing.ATTACK_CHECKS: ball and [0, 1], no mutation,
 # determinism under the generator, declared targets, strength against FGSM) run on every
 # registered attack with its default options in mrbench's tests/test_contract.py. Here they
@@ -300,3 +313,163 @@ def test_sanity_checks_pass_on_an_honest_learner(registry):
     honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
     res = sanity_checks(registry, honest, ep, eps=0.25, norm="linf", target="query", steps=8, generator_seed=0)
     assert res.failures == [], res.checks
+
+
+class FixedFeatureCentroid(Centroid):
+    """Nearest centroid on fixed linear features ``f(x) = w * x`` (a diagonal map; no
+    meta-parameters are trained): ``logits = -||w * (x - c_k)||^2``. In 1-shot the
+    centroids are the support embeddings, so the worst support perturbation is separable
+    per pixel (see the test below)."""
+
+    id = "test-fixed-feature-centroid"
+
+    def init(self, spec, generator):
+        return {"scale": torch.ones(()), "w": 0.5 + torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(5))}
+
+    def adapt(self, params, x_support, y_support, *, n_way, train=False):
+        return super().adapt(params, params["w"] * x_support, y_support, n_way=n_way)
+
+    def predict(self, params, state, x_query):
+        return super().predict(params, state, params["w"] * x_query)
+
+
+def _optimal_poisoned_margin(w, x, s_true, s_other, eps):
+    """min over ||d_t||, ||d_o||_inf <= eps of ||w(x - s_o - d_o)||^2 - ||w(x - s_t - d_t)||^2:
+    per pixel, the other class's support moves toward the query (as far as eps allows) and
+    the true class's support moves away from it by eps."""
+    w2 = w.square()
+    near = ((x - s_other).abs() - eps).clamp_min(0).square()
+    far = ((x - s_true).abs() + eps).square()
+    return float((w2 * (near - far)).sum())
+
+
+def test_poisoning_ensemble_reaches_the_closed_form_optimum(registry):
+    # 2-way 1-shot, one query per episode (class 0), fixed linear features: the logit
+    # margin of the query is separable per pixel in the two support perturbations, so its
+    # minimum over the Linf ball has a closed form (_optimal_poisoned_margin). Every pixel
+    # of the true class's support lies more than eps from the query, so the way to move it
+    # (away from the query) is the same from every point of the ball and the maximum is
+    # unique; some pixels of the other class's support lie within eps of the query, so its
+    # optimum is inside the ball there (it lands on the query), which signed steps reach
+    # only by halving their size. Episodes 0-1: the query cannot be flipped and the
+    # ensemble must reach the optimal margin; episodes 2-3: the optimum flips the query
+    # and the ensemble must flip it.
+    eps = 0.03
+    g = torch.Generator().manual_seed(0)
+    shape = (4, 1, 8, 8)
+
+    def sign():
+        return torch.randint(0, 2, shape, generator=g) * 2.0 - 1
+
+    x = 0.45 + 0.1 * torch.rand(shape, generator=g)
+    s0 = x + sign() * (eps + 0.01 + 0.02 * torch.rand(shape, generator=g))
+    far = 0.12 + 0.05 * torch.rand(shape, generator=g)
+    far.view(4, -1)[:, :16] = 0.5 * eps  # within eps of the query: an interior optimum
+    near = eps + 0.005 + 0.01 * torch.rand(shape, generator=g)
+    d1 = torch.where(torch.arange(4).view(4, 1, 1, 1) < 2, far, near)
+    s1 = x + sign() * d1
+    ep = Episode(torch.stack([s0, s1], 1), torch.tensor([[0, 1]] * 4), x.unsqueeze(1), torch.zeros(4, 1, dtype=torch.long))
+    algo = FixedFeatureCentroid()
+    params = algo.init(EpisodeSpec(2, 1, 1), torch.Generator())
+    victim = Victim(algo, params, 2)
+    w = params["w"]
+    atk = registry.create("attack", "apgd-ensemble", {"steps": 100})
+    adv = run_attack_episode(atk, victim, ep, eps)
+    for e in range(4):
+        optimum = _optimal_poisoned_margin(w, x[e], s0[e], s1[e], eps)
+        got = _optimal_poisoned_margin(w, x[e], adv.x_support[e, 0], adv.x_support[e, 1], 0.0)
+        if e < 2:
+            assert optimum > 0, "the setting must leave the query unflippable"
+            assert got == pytest.approx(optimum, rel=1e-4), f"episode {e}: margin {got} vs optimum {optimum}"
+        else:
+            assert optimum < 0 and got < 0, f"episode {e}: the optimum flips the query (margin {optimum}), got {got}"
+        assert got >= optimum - 1e-5 * abs(optimum) - 1e-7  # nothing beats the optimum (the ball is respected)
+
+
+def run_attack_episode(atk, victim, ep, eps):
+    from bench.attacks import check_perturbation, snapshot
+
+    before = snapshot(ep)
+    adv = atk.perturb(victim, ep, eps, "support", torch.Generator().manual_seed(1))
+    check_perturbation(atk.id, atk.norm, eps, "support", ep, before, adv)
+    return adv
+
+
+@pytest.mark.parametrize("loss", ["ce", "margin", "cw", "targeted"])
+def test_apgd_support_poisoning_reaches_the_analytic_corners(loss):
+    # As test_support_poisoning_reaches_the_analytic_worst_case for PGD: on the 2-way pixel
+    # centroid with one query per class, every loss ascends the same margin, whose
+    # maximiser in the Linf ball is a corner; APGD's best point must reach it.
+    from bench.attacks import apgd
+
+    eps = 0.03
+    ep = two_way(n_query=1)
+    victim = Victim(Centroid(), {"scale": torch.ones(())}, 2)
+    adv = apgd(victim, ep, eps=eps, target="support", steps=30, restarts=1, loss=loss,
+               generator=torch.Generator().manual_seed(0))
+    for e in range(ep.x_query.shape[0]):
+        for k in range(2):
+            x_own, x_other, c = ep.x_query[e, k], ep.x_query[e, 1 - k], ep.x_support[e, k]
+            expect = c + eps * torch.sign((c - x_own) - (c - x_other))
+            assert ((adv.x_support[e, k] - expect).abs() < 1e-6).float().mean() > 0.95
+
+
+def test_apgd_step_size_checkpoints_follow_croce_and_hein():
+    from bench.attacks import apgd_checkpoints
+
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99, 1.05 -> iterations of 100 steps
+    assert apgd_checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99, 100]
+
+
+def test_margin_loss_is_per_query_and_bounded_for_misclassified_queries():
+    from bench.attacks import query_loss
+
+    # One query far on the wrong side, one still right: CE gives the wrong one almost all
+    # of the gradient of the sum; the CW margin gives both the same weight in logit space.
+    logits = torch.tensor([[[-30.0, 0.0, -1.0, -2.0, -3.0], [0.0, -3.0, -5.0, -6.0, -7.0]]], requires_grad=True)
+    y = torch.tensor([[0, 0]])
+    per_query = {}
+    for loss in ("ce", "cw", "dlr"):
+        g, = torch.autograd.grad(query_loss(logits, y, loss).sum(), logits)
+        per_query[loss] = g.abs().sum(-1)[0]
+    assert per_query["ce"][0] / per_query["ce"].sum() > 0.9
+    torch.testing.assert_close(per_query["cw"], torch.tensor([2.0, 2.0]))
+    # DLR's denominator shrinks as the logits bunch up, so it still favours the wrong query
+    # here (why the poisoning ensemble runs the CW margin first).
+    assert per_query["dlr"][1] > 0
+    targeted = query_loss(logits, y, "targeted", torch.tensor([[1, 1]]))
+    assert targeted.shape == (1, 2) and targeted[0, 0] > targeted[0, 1]
+
+
+def test_poisoning_ensemble_is_no_weaker_than_its_members_on_any_episode(registry):
+    algo = registry.create("algorithm", "protonet")
+    ep = _easy_episodes(n_episodes=2, n_query=2)
+    victim = Victim(algo, algo.init(EpisodeSpec(5, 1, 2), torch.Generator().manual_seed(0)), 5)
+    eps = 8 / 255
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    ens = registry.create("attack", "apgd-ensemble", {"steps": 5, "n_target_classes": 1})
+    got = run_attack(ens, victim, ep, eps, "support", g()).sum(-1)
+    # The first member sees the same generator state as the ensemble's first run.
+    first = registry.create("attack", "apgd-margin", {"steps": 5, "loss": "cw"})
+    assert (got <= run_attack(first, victim, ep, eps, "support", g()).sum(-1)).all()
+
+
+def test_poisoning_sanity_checks_pass_on_an_honest_learner_and_flag_a_masked_one(registry):
+    ep = _sanity_episodes(n_episodes=3, n_query=3)
+    honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
+    res = sanity_checks(registry, honest, ep, eps=0.25, norm="linf", target="support", steps=8, generator_seed=0,
+                        poison=("apgd-margin", (("loss", "cw"), ("steps", 20))))
+    names = {"poison-vs-pgd", "poison-large-eps", "poison-eps-monotone", "poison-steps-monotone", "poison-gradient-free"}
+    assert names <= set(res.checks)
+    # (PGD's own checks on the support are noisy on 9 queries; these are the poisoning checks.)
+    assert all(res.checks[n]["passed"] for n in names), res.checks
+    masked = Victim(QuantizedCentroid(), {"scale": torch.ones(())}, 3)
+    res = sanity_checks(registry, masked, ep, eps=0.25, norm="linf", target="support", steps=8, generator_seed=0,
+                        poison=("apgd-margin", (("loss", "cw"), ("steps", 20))))
+    assert not res.checks["poison-gradient-free"]["passed"], res.checks
+    assert not res.checks["poison-large-eps"]["passed"], res.checks
+
+
+def test_test_contract_covers_the_poisoning_attacks(registry):
+    assert {"apgd-margin", "apgd-targeted", "apgd-ensemble", "pgd-margin", "sign-search"} <= set(registry.ids("attack"))
+    assert set(registry.get("attack", "apgd-ensemble").targets) == {"support", "both"}
