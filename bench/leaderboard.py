@@ -35,7 +35,8 @@ can see where a chain is weak.
 Ensemble entries. A suite whose ``[attacks]`` table declares an ensemble run on a
 fixed subset of its episodes (``ensemble``, ``ensemble_episodes``, and the subset's
 pinned ``ensemble_manifest_sha256``) accepts entries on exactly that subset that
-hold only ``clean`` and the ensemble's scenarios (``autoattack@16/255:query``). Such
+hold only ``clean`` and attack scenarios: the ensemble's (``autoattack@16/255:query``)
+or another costly attack's (an external evaluation; shifts run on every episode). Such
 an entry supplements the full-suite entries of the same checkpoint and algorithm
 options: it is not ranked (its clean accuracy covers fewer episodes), and its
 ensemble scenarios show in their rows, marked with the number of episodes and a
@@ -341,18 +342,24 @@ def _check_against_suite(entry: ResultEntry, suite: Suite, path: Path, problems:
     sub = ensemble_subset(suite)
     pinned, pinned_by = suite.manifest_sha256, f"pinned by {_display(suite.path or '')}"
     if sub is not None and s.n_episodes == sub.n_episodes:
-        others = sorted(k for k in entry.metrics if k != "clean" and not sub.covers(k))
+        # The subset is where costly attacks run: the declared ensembles, and any other attack
+        # evaluated there (an external evaluation, `evaluate --zoo SUITE --episodes N`), which
+        # best_known compares with the row's attacks on these episodes. Shifts are cheap and
+        # are evaluated on every episode.
+        others = sorted(k for k in entry.metrics if k != "clean" and attack_cell(k) is None and not sub.covers(k))
         if others:
             problems.add(path, "metrics", f"{', '.join(others)} on {s.n_episodes} episodes: an entry on the suite's "
-                         f"ensemble subset (its first {sub.n_episodes} episodes) holds only clean and "
-                         f"{sub.attack} scenarios; evaluate the others on all {suite.n_episodes} episodes")
+                         f"ensemble subset (its first {sub.n_episodes} episodes) holds only clean and attack "
+                         f"scenarios ({sub.attack}, or another attack); evaluate shifts on all "
+                         f"{suite.n_episodes} episodes")
         if sub.manifest_sha256 is None:
             problems.add(path, "suite.n_episodes", f"{s.n_episodes} (the ensemble subset), but "
                          f"{_display(suite.path or '')} pins no [attacks] ensemble_manifest_sha256 to check it against")
             return
         pinned, pinned_by = sub.manifest_sha256, f"pinned for the ensemble subset by {_display(suite.path or '')}"
     elif not suite.fixed_episodes and s.n_episodes != suite.n_episodes:
-        subset = (f" (or, with only {sub.attack} scenarios, its first {sub.n_episodes}: the ensemble subset)"
+        subset = (f" (or, with only clean and attack scenarios such as {sub.attack}, its first {sub.n_episodes}: "
+                  "the ensemble subset)"
                   if sub is not None else "")
         problems.add(path, "suite.n_episodes", f"{s.n_episodes}, but suite {suite.ref} has {suite.n_episodes} "
                      f"episodes: a leaderboard entry evaluates all of them{subset} (no other --episodes)")

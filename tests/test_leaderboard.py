@@ -343,12 +343,17 @@ def test_ensemble_subset_entries_are_checked(root):
     base = _base_counts()
     aa = {"autoattack@16/255:query": [(c // 4, t) for c, t in base[:200]]}
     entries = _entries(root)
-    # another attack on the subset: it needs all 600 episodes
-    write_entry(entries, "bad-pgd", base[:200], edit=_ensemble_edit("protonet"),
+    # another attack on the subset (an external evaluation) is accepted; a shift needs all 600 episodes
+    write_entry(entries, "ext-pgd", base[:200], edit=_ensemble_edit("protonet"),
                 scenarios={"pgd-linf@16/255:query": aa["autoattack@16/255:query"]})
-    _check_fails(root, "bad-pgd.json: metrics: pgd-linf@16/255:query on 200 episodes",
-                 "holds only clean and autoattack or apgd-ensemble scenarios")
-    (entries / "bad-pgd.json").unlink()
+    lb.build(root)
+    lb.check(root)
+    (entries / "ext-pgd.json").unlink()
+    write_entry(entries, "bad-shift", base[:200], edit=_ensemble_edit("protonet"),
+                scenarios={"gaussian-noise@3": aa["autoattack@16/255:query"]})
+    _check_fails(root, "bad-shift.json: metrics: gaussian-noise@3 on 200 episodes",
+                 "holds only clean and attack scenarios", "evaluate shifts on all 600 episodes")
+    (entries / "bad-shift.json").unlink()
     # other episodes than the pinned subset
     write_entry(entries, "bad-sha", base[:200], edit=_ensemble_edit("protonet", sha="0" * 64), scenarios=aa)
     _check_fails(root, "bad-sha.json: suite.manifest_sha256", "pinned for the ensemble subset")
