@@ -618,7 +618,8 @@ def _with_supplements(e: Entry, supplements: list[Entry]) -> Entry:
         where = (f"the suite's first {n} episodes (its ensemble subset)" if n != e.entry.suite.n_episodes
                  else f"all {n} episodes")
         by = _providers(sup.entry, added)
-        notes.append(f"{', '.join(added)}: {where}, from {sup.name}{by}.")
+        notes.append(f"{', '.join(added)}: {where}, from {sup.name}{by}." + (f" {sup.entry.footnote}"
+                                                                             if sup.entry.footnote else ""))
     if not notes:
         return e
     footnote = " ".join(([e.entry.footnote] if e.entry.footnote else []) + notes)

@@ -33,11 +33,12 @@ def test_piped_suites_and_attacks_keep_every_id_on_one_line(capsys):
 def test_leaderboard_show_has_the_robust_columns_on_one_line_per_entry(capsys):
     assert main(["leaderboard", "show", "omniglot-5w1s"]) == 0
     out = capsys.readouterr().out
-    header = _lines_with(out, "clean %", "pgd-linf@16/255:query", "autoattack@16/255:query")
+    header = _lines_with(out, "clean %", "pgd-linf@16/255:query", "mi-fgsm@16/255:query")
     assert len(header) == 1, out
-    # ProtoNet's natural checkpoint: PGD-20 on the queries, and AutoAttack on the 200-episode subset.
-    row = _lines_with(out, "protonet-natural-attacks.json", "22.23 ± 1.06")
-    assert len(row) == 1 and "13.27 ± 1.74 (200 ep.)" in row[0], out
+    # ProtoNet's natural checkpoint: PGD-20 on the queries, and an external evaluation
+    # (the example distribution's MI-FGSM) on the 200-episode subset.
+    row = _lines_with(out, "protonet-omniglot-5w1s-4b8b697f.json", "19.96 ± 1.02")
+    assert len(row) == 1 and "31.10 ± 2.17 (200 ep.)" in row[0], out
 
 
 @pytest.mark.parametrize("command", ["run", "train"])
