@@ -120,6 +120,24 @@ def default_train_step(ctx: TrainContext) -> float:
     return loss
 
 
+def classifier_train_step(ctx: TrainContext, logits: Any) -> float:
+    """One supervised pre-training step (a classifier over every meta-train class, as
+    fine-tuning baselines train): ``meta_batch`` images drawn uniformly from ``ctx.split``
+    with ``ctx.generator``, cross-entropy of ``logits(images)`` (float in [0, 1], on the
+    split's device) against their class labels, one optimizer step. Returns the loss."""
+    from bench.episodes import to_float
+
+    split, gen = ctx.split, ctx.generator
+    idx = torch.randint(split.labels.shape[0], (ctx.meta_batch,), generator=gen, device=gen.device)
+    idx = idx.to(split.images.device)
+    x, y = to_float(split.images[idx]), split.labels[idx]
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.cross_entropy(logits(x), y)
+    loss.backward()
+    ctx.optimizer.step()
+    return float(loss.detach())
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path

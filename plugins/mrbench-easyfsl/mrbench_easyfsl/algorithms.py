@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from bench.adapters import Conv4Module, Outputs, ModuleAlgorithm
 from bench.components import Episode, EpisodeSpec, ImageSplit, Params, TrainDefaults
-from bench.episodes import to_float
 from bench.nn import Conv4Options, conv4, init_conv4, init_linear, linear, pooled, sgd_steps
 
 if TYPE_CHECKING:
@@ -262,16 +261,10 @@ class ClassicalPretraining(EasyFSLAlgorithm):
         return params
 
     def train_step(self, ctx: "TrainContext") -> float:
-        split, gen = ctx.split, ctx.generator
-        idx = torch.randint(split.labels.shape[0], (ctx.meta_batch,), generator=gen, device=gen.device)
-        idx = idx.to(split.images.device)
-        x, y = to_float(split.images[idx]), split.labels[idx]
-        ctx.optimizer.zero_grad(set_to_none=True)
-        z, _ = conv4(ctx.params, x)  # the backbone's features, as compute_features gives them
-        loss = F.cross_entropy(linear(ctx.params, z, PRETRAIN), y)
-        loss.backward()
-        ctx.optimizer.step()
-        return float(loss.detach())
+        from bench.training import classifier_train_step
+
+        # the backbone's features, as compute_features gives them, under a linear head
+        return classifier_train_step(ctx, lambda x: linear(ctx.params, conv4(ctx.params, x)[0], PRETRAIN))
 
     def train_defaults(self, spec: EpisodeSpec) -> TrainDefaults:
         return TrainDefaults(meta_batch=self.options.batch_size, lr=1e-3, steps=25700)

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.components import Algorithm, EpisodeSpec, ImageSplit, Params, TrainDefaults
-from bench.episodes import to_float
 from bench.nn import class_means, conv4, Conv4Options, cosine, init_conv4, init_linear, pooled, sgd_steps, SupportStatsBN
 
 if TYPE_CHECKING:
@@ -102,17 +101,10 @@ class Finetune(SupportStatsBN, Algorithm):
         return self._head(state["head"], z)
 
     def train_step(self, ctx: "TrainContext") -> float:
-        split, gen = ctx.split, ctx.generator
-        idx = torch.randint(split.labels.shape[0], (ctx.meta_batch,), generator=gen, device=gen.device)
-        idx = idx.to(split.images.device)
-        x, y = to_float(split.images[idx]), split.labels[idx]
-        ctx.optimizer.zero_grad(set_to_none=True)
-        z, _ = conv4(ctx.params, x)
+        from bench.training import classifier_train_step
+
         head = {k[len(PRETRAIN):]: v for k, v in ctx.params.items() if k.startswith(PRETRAIN)}
-        loss = F.cross_entropy(self._head(head, z), y)
-        loss.backward()
-        ctx.optimizer.step()
-        return float(loss.detach())
+        return classifier_train_step(ctx, lambda x: self._head(head, conv4(ctx.params, x)[0]))
 
     def train_defaults(self, spec: EpisodeSpec) -> TrainDefaults:
         return TrainDefaults(meta_batch=self.options.batch_size, lr=1e-3, steps=25700)
