@@ -29,14 +29,14 @@ if TYPE_CHECKING:
     from bench.errors import MrbenchError
     from bench.evaluation import evaluate
     from bench.hookspecs import hookimpl
-    from bench.results import results_frame
+    from bench.results.frame import results_frame
     from bench.training import train
     from bench.zoo import load_model
 
 _LAZY = {
     "train": "bench.training",
     "evaluate": "bench.evaluation",
-    "results_frame": "bench.results",
+    "results_frame": "bench.results.frame",
     "load_model": "bench.zoo",
     "hookimpl": "bench.hookspecs",
     "MrbenchError": "bench.errors",

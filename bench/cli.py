@@ -102,7 +102,7 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.results import first_episodes, markdown_table, paired_comparison, paired_notes
+    from bench.results.frame import first_episodes, markdown_table, paired_comparison, paired_notes
 
     if args.episodes is not None and args.episodes < 1:
         raise MrbenchError(f"--episodes must be at least 1, got {args.episodes}.")
@@ -312,7 +312,7 @@ def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt:
 
 
 def _shard(text: str | None) -> tuple[int, int] | None:
-    from bench.evaluation import parse_shard
+    from bench.run.resume import parse_shard
 
     return None if text is None else parse_shard(text)
 

@@ -4,16 +4,14 @@ Episodes are processed in chunks; every finished chunk's per-episode results are
 appended to ``RESULT.episodes.partial.jsonl`` before the next starts, so an
 interrupted evaluation resumes where it stopped and loses nothing. Chunks lie on a
 fixed grid of episode indices, so a long evaluation can also be split over several
-processes (``shard``) that share that file.
+processes (``shard``) that share that file (:mod:`bench.run.resume`). The entry is
+built and checked by :func:`bench.results.schema.build_entry`; the per-episode results
+go next to it in the format of :mod:`bench.results.episodes_file`.
 """
 
 from __future__ import annotations
 
-import csv
-import datetime as _dt
-import io
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,80 +28,16 @@ from bench.errors import MrbenchError
 from bench.execution import Execution, for_algorithm, pick_device, plan, predict_episodes
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.provenance import digest, environment, peak_memory_bytes
-from bench.schema import SCHEMA_VERSION
+from bench.results import episodes_file
+from bench.results.schema import build_entry
+from bench.results.stats import mean_ci95
+from bench.run import resume
 from bench.suites import Suite, get_suite
 
 POISON_ENSEMBLE = "apgd-ensemble"
 """The poisoning ensemble (support, both): where an evaluation runs it, the poisoning
 sanity checks (:func:`bench.attacks.poisoning_checks`) vet it rather than the reference
 single attack."""
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and the 95% CI half-width ``1.96 * sd / sqrt(n)`` (sample sd)."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    m = sum(values) / n
-    if n == 1:
-        return m, float("nan")
-    var = sum((v - m) ** 2 for v in values) / (n - 1)
-    return m, 1.96 * math.sqrt(var) / math.sqrt(n)
-
-
-def episodes_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".json") + ".episodes.csv")
-
-
-def _partial_path(out: Path) -> Path:
-    return out.with_name(out.name.removesuffix(".json") + ".episodes.partial.jsonl")
-
-
-def _read_partial(partial: Path, key: str) -> tuple[dict[tuple[str, int], tuple[int, int]], dict[int, Any]] | None:
-    """Per-(scenario, episode) results saved in ``partial``; ``None`` when it was written
-    for other settings (another key). Unreadable lines (a torn write from a crash) are
-    skipped: those episodes are computed again."""
-    lines = partial.read_text().splitlines()
-    if not lines or json.loads(lines[0]).get("key") != key:
-        return None
-    done: dict[tuple[str, int], tuple[int, int]] = {}
-    by_group: dict[int, Any] = {}
-    for line in lines[1:]:
-        try:
-            rec = json.loads(line)
-            done[(rec.get("scenario", "clean"), int(rec["episode"]))] = (int(rec["correct"]), int(rec["total"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        if "groups" in rec:
-            by_group[int(rec["episode"])] = rec["groups"]
-    return done, by_group
-
-
-def _append(path: Path, text: str) -> None:
-    """Append ``text`` under an exclusive lock, so shards sharing the file never interleave."""
-    with open(path, "a") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: shards must not share a file there
-            f.write(text)
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.write(text)
-            f.flush()
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``."""
-    try:
-        k, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        k, n = -1, 0
-    if not 0 <= k < n:
-        raise MrbenchError(f"Bad shard {text!r}.", "Write it as K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes.")
-    return k, n
 
 
 @dataclass
@@ -284,29 +218,13 @@ def _ticker(dev: torch.device) -> Any:
     return tick
 
 
-def evaluate(
-    algorithm: str | None,
-    suite: str | Suite,
-    checkpoint: str | Path,
-    *,
-    out: str | Path | None = None,
-    n_episodes: int | None = None,
-    options: Mapping[str, Any] | None = None,
-    device: str = "auto",
-    data_root: str | Path | None = None,
-    registry: Any = None,
-    reporter: Reporter | None = None,
-    execution: Execution | None = None,
-    chunk_episodes: int = 25,
-    shifts: Sequence[tuple[str, int]] | None = None,
-    attacks: Sequence[Any] | None = None,
-    sanity: bool = True,
-    sanity_episodes: int = 10,
-    on: str = "test",
-    shard: tuple[int, int] | None = None,
-    replace: bool = False,
-    attack_seeds: str = "episode",
-) -> dict[str, Any] | None:
+def evaluate(algorithm: str | None, suite: str | Suite, checkpoint: str | Path, *, out: str | Path | None = None,
+             n_episodes: int | None = None, options: Mapping[str, Any] | None = None, device: str = "auto",
+             data_root: str | Path | None = None, registry: Any = None, reporter: Reporter | None = None,
+             execution: Execution | None = None, chunk_episodes: int = 25, shifts: Sequence[tuple[str, int]] | None = None,
+             attacks: Sequence[Any] | None = None, sanity: bool = True, sanity_episodes: int = 10, on: str = "test",
+             shard: tuple[int, int] | None = None, replace: bool = False,
+             attack_seeds: str = "episode") -> dict[str, Any] | None:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
     A finished ``out`` of the same evaluation (same ``run_key``) is returned as it is,
@@ -351,96 +269,61 @@ def evaluate(
         same arguments share. Results equal an unsharded run's. The shard that finds every
         episode done when it finishes writes the entry; the others return ``None``.
 
-    The entry's ``timing_s`` splits the time this call spent on its episodes into
-    gathering them, applying shifts, predicting (clean and shifted) and attacking; a
-    resumed evaluation counts only what it computed itself. It also carries, where
-    they apply: ``summary.corruptions`` (mean accuracy over the image-corruption
-    scenarios, per severity and per corruption, and the relative degradation against
-    clean), ``breakdown`` (clean accuracy per class group, e.g. Omniglot alphabet) and
-    ``transfer`` (the checkpoint was meta-trained for another way/shot, domain or class
-    split than the episodes it is evaluated on).
+    The entry (:class:`bench.results.schema.ResultEntry`) records in ``timing_s`` the
+    time this call spent gathering episodes, shifting, predicting and attacking (a
+    resumed run counts only its own), and where they apply ``summary.corruptions``
+    (over the image-corruption scenarios, per severity and per corruption),
+    ``breakdown`` (clean accuracy per class group, e.g. Omniglot alphabet) and
+    ``transfer`` (trained for another way/shot, domain or class split).
     """
-    reporter = reporter or NullReporter()
-    started = time.perf_counter()
+    started, out = time.perf_counter(), Path(out) if out is not None else None
     pl = _prepare(algorithm, suite, checkpoint, n_episodes=n_episodes, options=options, device=device,
                   data_root=data_root, registry=registry, execution=execution, chunk_episodes=chunk_episodes,
                   shifts=shifts, attacks=attacks, on=on, attack_seeds=attack_seeds)
-    run_key = digest([pl.key, sanity_episodes if pl.attack_cells and sanity else None])
-    if out is not None and Path(out).exists():
-        finished = _finished(Path(out), run_key, replace)
+    run_sanity = bool(pl.attack_cells) and sanity
+    run_key = digest([pl.key, sanity_episodes if run_sanity else None])
+    if out is not None and out.exists():
+        finished = resume.finished(out, run_key, replace)
         if finished is not None:
             return finished
-
-    done: dict[tuple[str, int], tuple[int, int]] = {}
-    by_group: dict[int, list[list[int]]] = {}  # episode -> [[correct, total] per group] (clean)
-    partial = _partial_path(Path(out)) if out else None
-    if shard is not None and partial is None:
-        raise MrbenchError("A sharded evaluation needs --out: the shards share its partial file.",
-                           "Pass the same --out to every shard.")
-    if partial is not None and partial.exists():
-        saved = _read_partial(partial, pl.key)
-        if saved is None:
-            partial.unlink()
-        else:
-            done, by_group = saved
-    if partial is not None and not partial.exists():
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps({"key": pl.key}) + "\n")
-
-    E, names = pl.n_episodes, pl.names
+    progress = resume.Progress.open(out, pl.key, pl.names, pl.n_episodes, shard)
     if pl.transfer is not None and "way" in pl.transfer["kinds"]:
         _probe_way(pl.algo, pl.params, gather(pl.split, pl.manifest[:1].to(pl.dev)), pl.manifest.spec.n_way, pl.ex,
                    pl.suite, pl.meta)
-    chunks = pl.chunks()
-    if shard is not None:
-        chunks = chunks[shard[0] :: shard[1]]
+    _run_chunks(pl, progress, shard, reporter or NullReporter())
+    if shard is not None and not progress.gather_shards(shard):
+        return None  # the other shards' episodes are not all done yet, or one of them wrote the entry
+    checks, failures = (_sanity(pl.registry, pl.victim, pl.split, pl.manifest, pl.dev, pl.attack_cells, progress.done,
+                                pl.names, pl.n_episodes, sanity_episodes, pl.suite.seed)
+                        if run_sanity else ({}, []))
+    entry = _build_entry(pl, progress, checks, failures, run_key, sanity_episodes if run_sanity else None, on,
+                         time.perf_counter() - started, episodes_file.episodes_path(out).name if out else None)
+    if out is not None:
+        _write(out, entry, pl, progress.done)
+        progress.close()
+    return entry
+
+
+def _run_chunks(pl: _Plan, progress: resume.Progress, shard: tuple[int, int] | None, reporter: Reporter) -> None:
+    """Compute the chunks of this process (all, or those of ``shard``) that ``progress``
+    lacks, saving each one as it finishes; an interruption (Ctrl-C, SIGTERM) is an
+    error that says what is saved."""
+    chunks = resume.shard_chunks(pl.chunks(), shard)
+    todo = [ids for ids in chunks if progress.missing(ids)]
     mine = sum(len(ids) for ids in chunks)
-    todo = [ids for ids in chunks if any((n, e) not in done for n in names for e in ids)]
     reporter.start(mine, f"evaluate {pl.algo.id} on {pl.suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
                    completed=mine - sum(len(ids) for ids in todo))
     tick = _ticker(pl.dev)
     with sigterm_as_interrupt():
         try:
             for ids in todo:
-                results, groups = _run_chunk(pl, ids, done, tick)
-                if partial is not None:  # on disk first, so a count we report as saved is saved
-                    _append(partial, "".join(json.dumps({"episode": e, "scenario": n, "correct": c, "total": t}
-                                                        | ({"groups": groups[e]} if n == "clean" and e in groups else {}))
-                                             + "\n" for n, e, c, t in results))
-                done.update(((n, e), (c, t)) for n, e, c, t in results)
-                by_group.update(groups)
-                clean_done = [v for (n, _), v in done.items() if n == "clean"]
-                reporter.advance(len(ids), acc=sum(c for c, _ in clean_done) / max(1, sum(t for _, t in clean_done)))
+                results, groups = _run_chunk(pl, ids, progress.done, tick)
+                progress.record(results, groups)
+                reporter.advance(len(ids), acc=progress.clean_accuracy())
         except KeyboardInterrupt:
             reporter.stop()
-            n_done = sum(all((n, e) in done for n in names) for e in range(E))
-            where = f"; {n_done}/{E} episodes saved to {partial}" if partial else ""
-            raise MrbenchError(f"Evaluation interrupted{where}.", "Run the same command again to resume.") from None
+            raise progress.interrupted() from None
     reporter.stop()
-    if shard is not None:  # the other shards' episodes, saved since this one started
-        if not partial.exists():  # another shard found everything done and wrote the entry
-            return None
-        saved = _read_partial(partial, pl.key)
-        if saved is None:
-            raise MrbenchError(f"{partial} was restarted with other settings while shard {shard[0]}/{shard[1]} ran.",
-                               "Start every shard with the same arguments.")
-        done.update(saved[0])
-        by_group.update(saved[1])
-        if not all((n, e) in done for n in names for e in range(E)):
-            return None
-
-    checks: dict[str, Any] = {}
-    failures: list[str] = []
-    if pl.attack_cells and sanity:
-        checks, failures = _sanity(pl.registry, pl.victim, pl.split, pl.manifest, pl.dev,
-                                   pl.attack_cells, done, names, E, sanity_episodes, pl.suite.seed)
-    entry = _build_entry(pl, done, by_group, checks, failures, run_key, sanity_episodes if pl.attack_cells and sanity
-                         else None, on, time.perf_counter() - started)
-    if out is not None:
-        _write(Path(out), entry, pl, done)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-    return entry
 
 
 def _scenario_info(pl: _Plan) -> dict[str, Any]:
@@ -465,75 +348,45 @@ def _scenario_info(pl: _Plan) -> dict[str, Any]:
     return out
 
 
-def _build_entry(pl: _Plan, done: Mapping[tuple[str, int], tuple[int, int]], by_group: Mapping[int, Any],
-                 checks: dict[str, Any], failures: list[str], run_key: str, sanity_episodes: int | None, on: str,
-                 wall: float) -> dict[str, Any]:
-    E, spec, suite = pl.n_episodes, pl.manifest.spec, pl.suite
+def _build_entry(pl: _Plan, progress: resume.Progress, checks: dict[str, Any], failures: list[str], run_key: str,
+                 sanity_episodes: int | None, on: str, wall: float, ep_file: str | None) -> dict[str, Any]:
+    """The entry of the finished evaluation (:func:`bench.results.schema.build_entry`)."""
+    E, spec, suite, meta, done = pl.n_episodes, pl.manifest.spec, pl.suite, pl.meta, progress.done
     metrics: dict[str, Any] = {}
     for name in pl.names:
         acc, ci = mean_ci95([done[(name, e)][0] / done[(name, e)][1] for e in range(E)])
         metrics[name] = {"accuracy": acc, "ci95": ci, "n_episodes": E,
                          "n_queries": sum(done[(name, e)][1] for e in range(E))}
-    summary = _corruption_summary(pl.scenarios, done, E)
+    corruptions = _corruption_summary(pl.scenarios, done, E)
     breakdown = None
-    if pl.group_names and all(e in by_group for e in range(E)):
-        sums = torch.tensor([by_group[e] for e in range(E)]).sum(0).tolist()
+    if pl.group_names and all(e in progress.by_group for e in range(E)):
+        sums = torch.tensor([progress.by_group[e] for e in range(E)]).sum(0).tolist()
         breakdown = {"by": getattr(pl.dataset, "group_kind", "group"), "scenario": "clean",
                      "groups": {g: {"accuracy": c / t, "n_queries": t} for g, (c, t) in zip(pl.group_names, sums) if t}}
-    meta = pl.meta
-    entry = {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "mrbench-result",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "suite": {"id": suite.id, "version": suite.version, "manifest_sha256": pl.manifest.sha256(),
-                  "n_episodes": E, "spec": {"n_way": spec.n_way, "k_shot": spec.k_shot, "n_query": spec.n_query}},
-        "dataset": {"id": pl.dataset.id, "options": pl.dataset.options.model_dump(mode="json"),
-                    "split": (suite.test if on == "test" else suite.train).split, "revision": pl.split.revision},
-        "algorithm": {**pl.algo.describe(), "transductive": bool(pl.algo.transductive), "bn_policy": pl.algo.bn_policy},
-        "checkpoint": dict(pl.ckpt_ref),
-        "training": {k: meta.get(k) for k in ("suite", "train_data", "train_spec", "steps", "seed", "meta_batch", "lr",
-                                               "lr_decay_every", "lr_decay", "episodes_seen", "wall_time_s",
-                                               "adversarial")}
+    return build_entry(
+        suite={"id": suite.id, "version": suite.version, "manifest_sha256": pl.manifest.sha256(),
+               "n_episodes": E, "spec": {"n_way": spec.n_way, "k_shot": spec.k_shot, "n_query": spec.n_query}},
+        dataset={"id": pl.dataset.id, "options": pl.dataset.options.model_dump(mode="json"),
+                 "split": (suite.test if on == "test" else suite.train).split, "revision": pl.split.revision},
+        algorithm={**pl.algo.describe(), "transductive": bool(pl.algo.transductive), "bn_policy": pl.algo.bn_policy},
+        checkpoint=dict(pl.ckpt_ref),
+        training={k: meta.get(k) for k in ("suite", "train_data", "train_spec", "steps", "seed", "meta_batch", "lr",
+                                            "lr_decay_every", "lr_decay", "episodes_seen", "wall_time_s", "adversarial")}
         | {"device": meta.get("environment", {}).get("device")},
-        "metrics": metrics,
-        "sanity": checks,
-        "unreliable": bool(failures),
-        "environment": environment(pl.dev),
-        "execution": {"strategy": pl.ex.strategy, "chunk": pl.ex.chunk, "channels_last": pl.ex.channels_last},
-        "evaluation": {"attack_seeds": pl.attack_seeds, "chunk_episodes": pl.chunk_episodes}
+        metrics=metrics, sanity=checks, failures=failures, environment=environment(pl.dev),
+        execution={"strategy": pl.ex.strategy, "chunk": pl.ex.chunk, "channels_last": pl.ex.channels_last},
+        evaluation={"attack_seeds": pl.attack_seeds, "chunk_episodes": pl.chunk_episodes}
         | ({"sanity_episodes": sanity_episodes} if sanity_episodes is not None else {}),
-        "wall_time_s": round(wall, 2),
-        "timing_s": {k: round(v, 3) for k, v in pl.timing.items()},
-        "peak_memory_bytes": peak_memory_bytes(pl.dev),
-        "episodes_file": None,
-        "run_key": run_key,
-    }
-    scenarios = _scenario_info(pl)
-    if scenarios:
-        entry["scenarios"] = scenarios
-    if summary is not None:
-        entry["summary"] = {"corruptions": summary}
-    if breakdown is not None:
-        entry["breakdown"] = breakdown
-    if pl.transfer is not None:
-        entry["transfer"] = pl.transfer
-    if failures:
-        entry["footnote"] = "Attack-strength sanity checks failed: " + "; ".join(failures) + "."
-    return entry
+        wall_time_s=round(wall, 2), timing_s={k: round(v, 3) for k, v in pl.timing.items()},
+        peak_memory_bytes=peak_memory_bytes(pl.dev), episodes_file=ep_file, run_key=run_key,
+        scenarios=_scenario_info(pl), summary=None if corruptions is None else {"corruptions": corruptions},
+        breakdown=breakdown, transfer=pl.transfer)
 
 
 def _write(out: Path, entry: dict[str, Any], pl: _Plan, done: Mapping[tuple[str, int], tuple[int, int]]) -> None:
     """Write the per-episode file, then the entry (which names it)."""
-    ep_path = episodes_path(out)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["episode", "scenario", "correct", "total", "accuracy"])
-    for name in pl.names:
-        for e in range(pl.n_episodes):
-            c, t = done[(name, e)]
-            w.writerow([e, name, c, t, repr(c / t)])
-    atomic_write_text(ep_path, buf.getvalue())
-    entry["episodes_file"] = ep_path.name
+    rows = ((name, e, *done[(name, e)]) for name in pl.names for e in range(pl.n_episodes))
+    atomic_write_text(episodes_file.episodes_path(out), episodes_file.render(rows))
     atomic_write_text(out, json.dumps(entry, indent=2) + "\n")
 
 
@@ -566,28 +419,6 @@ def recompute(algorithm: str | None, suite: str | Suite, checkpoint: Any, episod
         results, _ = _run_chunk(pl, ids, done, tick)
         done.update(((n, e), (c, t)) for n, e, c, t in results)
     return {k: v for k, v in done.items() if k[1] in wanted}
-
-
-def _finished(out: Path, run_key: str, replace: bool = False) -> dict[str, Any] | None:
-    """The entry already at ``out`` when it is this evaluation's finished result, so a
-    re-run (or a shard started late) returns it instead of recomputing hours of attacks;
-    an error, not an overwrite, when ``out`` holds another result (``None`` when ``replace``)."""
-    try:
-        entry = json.loads(out.read_text())
-    except (OSError, ValueError) as exc:
-        if replace:
-            return None
-        raise MrbenchError(f"{out} exists but is not a readable result entry ({exc}).",
-                           "Pass another --out, or delete the file to evaluate again.") from None
-    if isinstance(entry, dict) and entry.get("run_key") == run_key:
-        return entry
-    if replace:
-        return None
-    why = ("was written by an mrbench without run keys, so it cannot be matched to this evaluation"
-           if isinstance(entry, dict) and entry.get("kind") == "mrbench-result" and "run_key" not in entry
-           else "holds the result of a different evaluation (checkpoint, episodes, options, scenarios or sanity settings)")
-    raise MrbenchError(f"{out} already exists and {why}.",
-                       "Pass another --out, or delete the file (and its .episodes.csv) to evaluate again.")
 
 
 def _probe_way(algo: Any, params: Any, episode: Any, n_way: int, ex: Execution, suite: Suite,

@@ -25,7 +25,7 @@ Ranking. Within a section (non-transductive entries, then transductive ones,
 ranked separately because a transductive algorithm sees all queries at once),
 entries are sorted by clean accuracy (then by file name). An entry ties with the
 entry above it when a paired two-sided t-test on their per-episode clean
-accuracies (:func:`bench.stats.paired_t_test`; episode ``i`` pairs with episode
+accuracies (:func:`bench.results.stats.paired_t_test`; episode ``i`` pairs with episode
 ``i`` since all entries share the suite's manifest) is not significant at
 :data:`ALPHA`. Ties chain: a run of entries each tied with the one above shares the
 rank of its first entry, and every member of such a group shows it with a trailing
@@ -60,8 +60,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from bench.errors import MrbenchError
-from bench.schema import ResultEntry, check_entry
-from bench.stats import paired_t_test
+from bench.results import episodes_file
+from bench.results.schema import ResultEntry, check_entry
+from bench.results.stats import mean_ci95, paired_t_test
 from bench.suites import Suite, all_suites, read_suite, suites_dirs
 
 if TYPE_CHECKING:
@@ -228,39 +229,16 @@ def board_folders(root: str | Path | None = None) -> list[Path]:
 # --- loading and checking entries -------------------------------------------
 
 
-def _read_episodes(path: Path, problems: _Problems) -> dict[str, dict[int, tuple[int, int]]]:
-    """Per-episode results ``scenario -> episode -> (correct, total)`` from an ``*.episodes.csv``."""
-    out: dict[str, dict[int, tuple[int, int]]] = {}
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        problems.add(path, "file", "is not UTF-8 text")
-        return out
-    with io.StringIO(text, newline="") as f:
-        reader = csv.DictReader(f)
-        want = ["episode", "scenario", "correct", "total", "accuracy"]
-        if reader.fieldnames != want:
-            problems.add(path, "header", f"expected columns {','.join(want)}, got {','.join(reader.fieldnames or [])}")
-            return out
-        for line, rec in enumerate(reader, start=2):
-            try:
-                ep, c, t, acc = int(rec["episode"]), int(rec["correct"]), int(rec["total"]), float(rec["accuracy"])
-            except (TypeError, ValueError):
-                problems.add(path, f"line {line}", "episode, correct and total must be integers and accuracy a number")
-                continue
-            if not (ep >= 0 and t >= 1 and 0 <= c <= t) or not math.isclose(acc, c / t, rel_tol=0, abs_tol=_ABS_TOL):
-                problems.add(path, f"line {line}", f"inconsistent counts (correct={c}, total={t}, accuracy={acc})")
-                continue
-            per = out.setdefault(rec["scenario"], {})
-            if ep in per:
-                problems.add(path, f"line {line}", f"episode {ep} of scenario {rec['scenario']!r} appears twice")
-            per[ep] = (c, t)
-    return out
+def _read_episodes(path: Path, problems: _Problems) -> episodes_file.Counts:
+    """Per-episode results ``scenario -> episode -> (correct, total)`` from an ``*.episodes.csv``,
+    checked by :func:`bench.results.episodes_file.validate`; its problems go to ``problems``."""
+    counts, found = episodes_file.validate(path)
+    for where, message in found:
+        problems.add(path, where, message)
+    return counts
 
 
 def _check_against_episodes(entry: ResultEntry, path: Path, problems: _Problems) -> dict[str, list[float]]:
-    from bench.evaluation import mean_ci95
-
     if entry.episodes_file is None:
         problems.add(path, "episodes_file", "is null; a leaderboard entry needs its per-episode results")
         return {}
@@ -665,8 +643,6 @@ def attack_cell(name: str) -> tuple[str, str] | None:
 def best_known(entry: Entry) -> dict[str, BestKnown]:
     """``"EPS:TARGET" -> BestKnown`` over every attack scenario of ``entry`` (supplements
     merged, see :func:`_with_supplements`), compared on the episodes they all cover."""
-    from bench.evaluation import mean_ci95
-
     cells: dict[str, list[str]] = {}
     for name in entry.entry.metrics:
         cell = attack_cell(name)

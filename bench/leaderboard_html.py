@@ -26,7 +26,7 @@ from bench.leaderboard import SECTIONS, _notes, _p, _pct, _reported, display_nam
 
 if TYPE_CHECKING:
     from bench.leaderboard import Board, Row
-    from bench.schema import ScenarioMetrics
+    from bench.results.schema import ScenarioMetrics
 
 CLEAN = "clean"
 

@@ -115,7 +115,7 @@ def write_report(entries: Sequence[str | Path | dict], out_dir: str | Path) -> R
     """Write ``report.md`` and its PNG plots for ``entries`` into ``out_dir``.
 
     :param entries: result entries: paths to their JSON files (read with
-        :func:`bench.results.load_entry`) or already-loaded dicts.
+        :func:`bench.results.frame.load_entry`) or already-loaded dicts.
     :param out_dir: the folder to write into (created if missing).
     :raises MrbenchError: no entries; an entry that cannot be read or is not a
         ``"kind": "mrbench-result"`` (the message names the file); an ``out_dir`` that
@@ -194,7 +194,7 @@ class _Item:
 
 
 def _load(e: str | Path | dict, index: int) -> _Item:
-    from bench.results import load_entry
+    from bench.results.frame import load_entry
 
     if isinstance(e, dict):
         where, source, entry = f"Result entry #{index + 1} (a dict)", f"entry {index + 1}", e
@@ -242,7 +242,7 @@ def _assign_labels(items: list[_Item]) -> None:
     """``entry_label`` of each entry; equal labels get what tells them apart appended
     (suite, split, differing options, training suite, checkpoint, file), only as much
     as it takes to make them unique."""
-    from bench.results import entry_label
+    from bench.results.frame import entry_label
 
     groups: dict[str, list[_Item]] = defaultdict(list)
     for it in items:
@@ -424,7 +424,7 @@ def _corruptions(item: _Item) -> _Corr | None:
         clean = summ.get("clean") if _is_number(summ.get("clean")) else clean
         rel = summ.get("relative_degradation") if _is_number(summ.get("relative_degradation")) else None
         return _Corr(table, by_shift, dict(sorted(by_severity.items())), mean, ci, clean, rel, True)
-    from bench.evaluation import mean_ci95
+    from bench.results.stats import mean_ci95
 
     mean, ci = mean_ci95(accs)
     ci = ci if _is_number(ci) else None
@@ -578,7 +578,7 @@ def _steps_series(items: list[_Item]) -> list[_Series]:
                 if held is None or _n_episodes(it) > _n_episodes(held):
                     by_value[it.options[k]] = it
             if len(by_value) >= 2:
-                from bench.results import entry_label
+                from bench.results.frame import entry_label
 
                 first = members[0]
                 series.append(_Series(k, entry_label(first.entry), sorted(by_value.items(), key=lambda p: p[0])))

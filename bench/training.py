@@ -292,7 +292,7 @@ def train(
     curve: list[dict[str, Any]] = []
 
     def validate(step: int, spent: float) -> None:
-        from bench.evaluation import mean_ci95
+        from bench.results.stats import mean_ci95
 
         rec: dict[str, Any] = {"step": step, "elapsed_s": round(spent, 1), "loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
         if val is not None:

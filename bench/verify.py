@@ -199,7 +199,7 @@ def verify_entry(path: str | Path, *, episodes: int | None = 3, seed: int = 0, d
     from bench.execution import pick_device
     from bench.leaderboard import _Problems, _read_episodes
     from bench.plugins import get_registry
-    from bench.schema import validate_entry
+    from bench.results.schema import validate_entry
     from bench.suites import get_suite
     from bench.zoo import entry_checkpoint
 

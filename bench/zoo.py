@@ -333,7 +333,7 @@ def load_checkpoint(checkpoint: str | Path | ZooRecord) -> tuple[dict[str, torch
 
 
 def entry_checkpoint(entry: Any, folders: Iterable[str | Path] | None = None) -> ZooRecord:
-    """The zoo record behind a result entry (a :class:`bench.schema.ResultEntry` or its
+    """The zoo record behind a result entry (a :class:`bench.results.schema.ResultEntry` or its
     JSON): by its ``checkpoint.weights_sha256``, else by the ``.pt`` file's sha256 it names.
 
     :raises MrbenchError: the entry's checkpoint is not in the zoo.

@@ -15,7 +15,7 @@ from bench.cli import main
 from bench.errors import MrbenchError
 from bench.evaluation import evaluate
 from bench.plugins import get_registry
-from bench.schema import ResultEntry
+from bench.results.schema import ResultEntry
 from bench.training import Adversary, train
 
 EPS = 16 / 255
@@ -103,7 +103,7 @@ def test_a_resumed_run_keeps_the_chunk_grid(tmp_path, tiny_suite, ckpt):
 
 
 def test_bad_shards_are_refused(tmp_path, tiny_suite, ckpt):
-    from bench.evaluation import parse_shard
+    from bench.run.resume import parse_shard
 
     assert parse_shard("1/4") == (1, 4)
     for bad in ("2/2", "-1/2", "1", "a/b", "0/0"):

@@ -207,7 +207,7 @@ def test_every_algorithm_trains_and_evaluates(tmp_path, tiny_suite, algorithm):
 
 
 def test_shift_scenarios_run_on_the_same_episodes(tmp_path, tiny_suite):
-    from bench.schema import validate_entry
+    from bench.results.schema import validate_entry
 
     _train(tmp_path / "p.pt", tiny_suite)
     plain = evaluate(None, tiny_suite, tmp_path / "p.pt", device="cpu")

@@ -15,11 +15,10 @@ from typing import Any, Callable
 import pytest
 
 from bench import leaderboard as lb
-from bench import schema
 from bench.cli import main
 from bench.errors import MrbenchError
-from bench.evaluation import mean_ci95
-from bench.stats import paired_t_test, t_two_sided_p
+from bench.results import schema
+from bench.results.stats import mean_ci95, paired_t_test, t_two_sided_p
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = REPO / "leaderboards" / "omniglot-5w1s" / "v1"

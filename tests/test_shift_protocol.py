@@ -9,7 +9,7 @@ import pytest
 
 from bench.errors import MrbenchError
 from bench.evaluation import evaluate
-from bench.schema import validate_entry
+from bench.results.schema import validate_entry
 from bench.suites import get_suite, shift_grid
 from bench.training import train
 

@@ -32,7 +32,7 @@ import pytest
 from bench.cli import main
 from bench.errors import MrbenchError
 from bench.plugins import get_registry
-from bench.schema import validate_entry
+from bench.results.schema import validate_entry
 from bench.scaffold import new_plugin
 from bench.testing import ALGORITHM_CHECKS, ATTACK_CHECKS
 

@@ -24,8 +24,9 @@ from bench.attacks import AttackScenario
 from bench.checkpoint import load_final, weights_sha256
 from bench.cli import main
 from bench.errors import MrbenchError
-from bench.evaluation import evaluate, mean_ci95
-from bench.schema import ResultEntry, migrate
+from bench.evaluation import evaluate
+from bench.results.schema import ResultEntry, migrate
+from bench.results.stats import mean_ci95
 from bench.training import train
 from bench.verify import verify_entry
 

@@ -1,4 +1,5 @@
-"""Significance tests for comparing entries episode by episode.
+"""The statistics of result entries: per-scenario means with their 95% CI, and
+significance tests for comparing entries episode by episode.
 
 Every entry of a suite version is evaluated on the same fixed episodes (one pinned
 manifest), so episode ``i`` of one entry pairs with episode ``i`` of another and
@@ -18,6 +19,25 @@ from typing import Sequence
 _EPS = 1e-15
 _TINY = 1e-300
 _MAX_ITER = 10_000  # the fraction needs O(sqrt(max(a, b))) terms; df is at most a few thousand here
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and the 95% CI half-width ``1.96 * sd / sqrt(n)`` (sample sd).
+
+    The sums run in the order of ``values``, so the same per-episode accuracies in the
+    same (episode) order give the same bits; NaN for an empty list, and a NaN half-width
+    for a single value.
+
+    :param values: per-episode accuracies.
+    """
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    m = sum(values) / n
+    if n == 1:
+        return m, float("nan")
+    var = sum((v - m) ** 2 for v in values) / (n - 1)
+    return m, 1.96 * math.sqrt(var) / math.sqrt(n)
 
 
 def _beta_cf(a: float, b: float, x: float) -> float:

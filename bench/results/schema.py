@@ -1,4 +1,5 @@
-"""The result entry schema: what :func:`bench.evaluate` writes, checked strictly.
+"""The result entry schema: what :func:`bench.evaluate` writes (through
+:func:`build_entry`), checked strictly.
 
 A result entry is the JSON file behind one leaderboard row. The model is strict
 (no coercion): a number stored as a string, a boolean where a count belongs or an
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from bench.errors import MrbenchError
 
 SCHEMA_VERSION = 3
-"""The version :func:`bench.evaluate` writes (``bench.evaluation.SCHEMA_VERSION``)."""
+"""The version :func:`build_entry` writes."""
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -480,7 +481,7 @@ def check_entry(raw: Any) -> tuple[ResultEntry | None, list[tuple[str, str]]]:
 
 
 ENTRY_HINT = ("`mrbench evaluate` writes the measured fields, which must not be edited by hand; a maintainer may "
-              "add only reported, unreliable, footnote and supersedes (see bench/schema.py).")
+              "add only reported, unreliable, footnote and supersedes (see bench/results/schema.py).")
 
 
 def validate_entry(raw: Any, source: str) -> ResultEntry:
@@ -509,3 +510,59 @@ def cross_field_problems(entry: ResultEntry) -> list[tuple[str, str]]:
         if m.n_episodes != n if name == "clean" else m.n_episodes > n:
             out.append((f"metrics.{name}.n_episodes", f"{m.n_episodes} disagrees with suite.n_episodes ({n})"))
     return out
+
+
+# --- building entries -----------------------------------------------------------
+
+
+def build_entry(*, suite: dict[str, Any], dataset: dict[str, Any], algorithm: dict[str, Any],
+                checkpoint: dict[str, Any], training: dict[str, Any], metrics: dict[str, Any], sanity: dict[str, Any],
+                failures: list[str], environment: dict[str, Any], execution: dict[str, Any],
+                evaluation: dict[str, Any], wall_time_s: float, timing_s: dict[str, float], peak_memory_bytes: int,
+                episodes_file: str | None, run_key: str, scenarios: dict[str, Any] | None = None,
+                summary: dict[str, Any] | None = None, breakdown: dict[str, Any] | None = None,
+                transfer: dict[str, Any] | None = None, created: str | None = None) -> dict[str, Any]:
+    """The result entry :func:`bench.evaluate` writes, checked by :class:`ResultEntry`.
+
+    Every argument is the field of that name (see :class:`ResultEntry`). The entry is
+    the dict built from them, in the order the fields are written, and not a dump of
+    the model: nested parts keep their own key order (a checkpoint's training
+    provenance, the sanity checks), so the same inputs always give the same bytes.
+    Optional parts that are ``None`` (or no ``scenarios``) are left out.
+
+    :param failures: the failed attack-strength sanity checks; any marks the entry
+        ``unreliable`` with a ``footnote`` listing them.
+    :param created: ISO 8601 time with offset; now, in UTC, when ``None``.
+    :raises MrbenchError: the parts do not make a valid entry (a bug in the harness or
+        in the plugin that described a component), naming every field at fault.
+    """
+    entry: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "mrbench-result",
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite": suite,
+        "dataset": dataset,
+        "algorithm": algorithm,
+        "checkpoint": checkpoint,
+        "training": training,
+        "metrics": metrics,
+        "sanity": sanity,
+        "unreliable": bool(failures),
+        "environment": environment,
+        "execution": execution,
+        "evaluation": evaluation,
+        "wall_time_s": wall_time_s,
+        "timing_s": timing_s,
+        "peak_memory_bytes": peak_memory_bytes,
+        "episodes_file": episodes_file,
+        "run_key": run_key,
+    }
+    optional = {"scenarios": scenarios or None, "summary": summary, "breakdown": breakdown, "transfer": transfer,
+                "footnote": "Attack-strength sanity checks failed: " + "; ".join(failures) + "." if failures else None}
+    entry |= {k: v for k, v in optional.items() if v is not None}
+    _, problems = check_entry(entry)
+    if problems:
+        raise MrbenchError("The result entry is not valid: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems) + ".",
+                           "Nothing was written. This is a bug in mrbench or in the plugin whose component "
+                           "describes itself there; please report it with the message.")
+    return entry

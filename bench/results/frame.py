@@ -1,4 +1,5 @@
-"""Result entries as data: load them and flatten them into pandas."""
+"""Result entries as data: load them, restrict and pair them on their per-episode
+results, and flatten them into pandas or a Markdown table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from bench.errors import MrbenchError
+from bench.results import episodes_file
+from bench.results.stats import mean_ci95
 
 
 def load_entry(path: str | Path) -> dict[str, Any]:
@@ -24,37 +29,31 @@ def first_episodes(path: str | Path, n: int) -> dict[str, Any]:
     be compared on the episodes they share. ``sanity`` is kept as recorded (the checks
     run on the first episodes of the whole run).
     """
-    from bench.errors import MrbenchError
-    from bench.evaluation import episodes_path, mean_ci95
-
     path = Path(path)
     entry = load_entry(path)
-    csv = episodes_path(path)
+    csv = episodes_file.episodes_path(path)
     if not csv.exists():
         raise MrbenchError(f"{path} has no per-episode file {csv.name} next to it, so it cannot be restricted "
                            f"to its first {n} episodes.", "Keep the *.episodes.csv that `mrbench evaluate` writes "
                            "next to the entry, or leave out --episodes.")
-    per = pd.read_csv(csv)
+    per = episodes_file.read(csv)
     metrics = {}
     for scenario, m in entry["metrics"].items():
-        rows = per[(per.scenario == scenario) & (per.episode < n)].sort_values("episode")
+        rows = [per.get(scenario, {})[e] for e in sorted(per.get(scenario, {})) if e < n]
         if len(rows) < n or m["n_episodes"] < n:
             raise MrbenchError(f"{path} has {min(len(rows), m['n_episodes'])} episodes of scenario {scenario!r}, "
                                f"fewer than the {n} asked for.", "Ask for at most as many episodes as every entry has.")
-        acc, ci = mean_ci95((rows.correct / rows.total).tolist())
-        metrics[scenario] = {**m, "accuracy": acc, "ci95": ci, "n_episodes": n, "n_queries": int(rows.total.sum())}
+        acc, ci = mean_ci95([c / t for c, t in rows])
+        metrics[scenario] = {**m, "accuracy": acc, "ci95": ci, "n_episodes": n, "n_queries": sum(t for _, t in rows)}
     return {**entry, "metrics": metrics, "restricted_to_episodes": n}
 
 
-def _per_episode(path: Path) -> pd.DataFrame:
-    from bench.errors import MrbenchError
-    from bench.evaluation import episodes_path
-
-    csv = episodes_path(path)
+def _per_episode(path: Path) -> episodes_file.Counts:
+    csv = episodes_file.episodes_path(path)
     if not csv.exists():
         raise MrbenchError(f"{path} has no per-episode file {csv.name} next to it, so its episodes cannot be compared.",
                            "Keep the *.episodes.csv that `mrbench evaluate` writes next to the entry.")
-    return pd.read_csv(csv)
+    return episodes_file.read(csv)
 
 
 def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None = None) -> list[dict[str, Any]]:
@@ -69,9 +68,6 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
     their episodes). Both scenarios must come from the same suite manifest prefix,
     which the episode indices assume; entries of another suite are an error.
     """
-    from bench.errors import MrbenchError
-    from bench.evaluation import mean_ci95
-
     found: dict[str, dict[str, tuple[Path, dict[str, Any]]]] = {}  # sha -> scenario -> (path, entry)
     for p in map(Path, paths):
         entry = load_entry(p)
@@ -86,20 +82,15 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
         if ea["suite"]["id"] != eb["suite"]["id"] or ea["suite"]["version"] != eb["suite"]["version"]:
             raise MrbenchError(f"{pa.name} and {pb.name} are on different suites; their episodes cannot be paired.",
                                "Compare entries of one suite.")
-        ra = _per_episode(pa).query("scenario == @a").set_index("episode")
-        rb = _per_episode(pb).query("scenario == @b").set_index("episode")
-        common = ra.index.intersection(rb.index)
-        if n is not None:
-            common = common[common < n]
-        if len(common) == 0:
+        ra, rb = _per_episode(pa).get(a, {}), _per_episode(pb).get(b, {})
+        common = [e for e in ra if e in rb and (n is None or e < n)]  # in the order of a's file, as written
+        if not common:
             continue
-        acc_a = (ra.correct / ra.total).loc[common]
-        acc_b = (rb.correct / rb.total).loc[common]
-        d = (acc_a - acc_b).to_numpy()
-        mean, ci = mean_ci95(d.tolist())
+        d = [ra[e][0] / ra[e][1] - rb[e][0] / rb[e][1] for e in common]
+        mean, ci = mean_ci95(d)
         out.append({"algorithm": entry_label(ea), "checkpoint_sha256": sha, "a": a, "b": b, "files": (pa.name, pb.name),
-                    "n_episodes": len(common), "lower": int((d < 0).sum()), "equal": int((d == 0).sum()),
-                    "higher": int((d > 0).sum()), "mean_difference": mean, "ci95": ci})
+                    "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
+                    "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci})
     return out
 
 

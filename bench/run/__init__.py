@@ -1,0 +1,2 @@
+"""Running the public operations: what an evaluation needs to resume and to be split
+over processes (:mod:`bench.run.resume`)."""
