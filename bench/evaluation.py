@@ -221,9 +221,9 @@ def _ticker(dev: torch.device) -> Any:
 def evaluate(algorithm: str | None, suite: str | Suite, checkpoint: str | Path, *, out: str | Path | None = None,
              n_episodes: int | None = None, options: Mapping[str, Any] | None = None, device: str = "auto",
              data_root: str | Path | None = None, registry: Any = None, reporter: Reporter | None = None,
-             execution: Execution | None = None, chunk_episodes: int = 25, shifts: Sequence[tuple[str, int]] | None = None,
-             attacks: Sequence[Any] | None = None, sanity: bool = True, sanity_episodes: int = 10, on: str = "test",
-             shard: tuple[int, int] | None = None, replace: bool = False,
+             execution: Execution | None = None, chunk_episodes: int = 25,
+             shifts: Sequence[tuple[str, int]] | None = None, attacks: Sequence[Any] | None = None, sanity: bool = True,
+             sanity_episodes: int = 10, on: str = "test", shard: tuple[int, int] | None = None, replace: bool = False,
              attack_seeds: str = "episode") -> dict[str, Any] | None:
     """Evaluate a checkpoint on the suite's fixed test episodes; returns the result entry.
 
@@ -311,8 +311,8 @@ def _run_chunks(pl: _Plan, progress: resume.Progress, shard: tuple[int, int] | N
     chunks = resume.shard_chunks(pl.chunks(), shard)
     todo = [ids for ids in chunks if progress.missing(ids)]
     mine = sum(len(ids) for ids in chunks)
-    reporter.start(mine, f"evaluate {pl.algo.id} on {pl.suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else ""),
-                   completed=mine - sum(len(ids) for ids in todo))
+    title = f"evaluate {pl.algo.id} on {pl.suite.id}" + (f" (shard {shard[0]}/{shard[1]})" if shard else "")
+    reporter.start(mine, title, completed=mine - sum(len(ids) for ids in todo))
     tick = _ticker(pl.dev)
     with sigterm_as_interrupt():
         try:

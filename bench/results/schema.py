@@ -562,7 +562,8 @@ def build_entry(*, suite: dict[str, Any], dataset: dict[str, Any], algorithm: di
     entry |= {k: v for k, v in optional.items() if v is not None}
     _, problems = check_entry(entry)
     if problems:
-        raise MrbenchError("The result entry is not valid: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems) + ".",
+        raise MrbenchError("The result entry is not valid: " + "; ".join(f"{loc}: {msg}" for loc, msg in problems)
+                           + ".",
                            "Nothing was written. This is a bug in mrbench or in the plugin whose component "
                            "describes itself there; please report it with the message.")
     return entry

@@ -193,8 +193,9 @@ class Progress:
             return False
         saved = _read_partial(self.partial, self.key)
         if saved is None:
-            raise MrbenchError(f"{self.partial} was restarted with other settings while shard {shard[0]}/{shard[1]} ran.",
-                               "Start every shard with the same arguments.")
+            raise MrbenchError(
+                f"{self.partial} was restarted with other settings while shard {shard[0]}/{shard[1]} ran.",
+                "Start every shard with the same arguments.")
         self.done.update(saved[0])
         self.by_group.update(saved[1])
         return self.complete()
