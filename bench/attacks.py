@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -36,61 +34,10 @@ from torch import Tensor, nn
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
 from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
+from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps
 
 if TYPE_CHECKING:
     from bench.components import Attack
-
-TARGETS = ("query", "support", "both")
-NORMS = ("linf", "l2")
-
-_EPS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*(\d+(?:\.\d*)?))?\s*$")
-
-
-def parse_eps(text: str | float) -> float:
-    """``"16/255"`` -> 0.0627..., ``"0.5"`` -> 0.5; a clear error for anything else."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = _EPS.match(str(text))
-        if not m:
-            raise MrbenchError(f"Cannot read eps {text!r}.", "Write it as a number (0.5) or a fraction of 255 (16/255).")
-        value = float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
-    if not math.isfinite(value) or value < 0:
-        raise MrbenchError(f"eps must be a finite number >= 0, got {text!r}.")
-    return value
-
-
-def format_eps(eps: float) -> str:
-    """A stable, readable name for ``eps``: ``16/255`` when it is a multiple of 1/255."""
-    frac = Fraction(eps).limit_denominator(255 * 8)
-    if abs(float(frac) - eps) < 1e-12 and (frac * 255).denominator == 1 and eps != 0:
-        return f"{int(frac * 255)}/255"
-    return repr(float(eps))
-
-
-@dataclass(frozen=True)
-class AttackScenario:
-    """One attack cell of an evaluation: attack id, options, eps, target.
-
-    Its scenario name in a result entry is ``<attack>@<eps>:<target>``, e.g.
-    ``pgd-linf@16/255:query``; non-default options are part of the name
-    (``pgd-linf[steps=40]@16/255:query``) so two budgets never share a column.
-    """
-
-    attack: str
-    eps: float
-    target: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def name(self) -> str:
-        opts = "".join(f"[{k}={v}]" for k, v in self.options)
-        return f"{self.attack}{opts}@{format_eps(self.eps)}:{self.target}"
-
-
-def ensemble_name(eps: float, target: str) -> str:
-    """Scenario name of the ensemble over every attack of ``(eps, target)`` (see :func:`combine_ensemble`)."""
-    return f"ensemble@{format_eps(eps)}:{target}"
 
 
 def combine_ensemble(target: str, members: Sequence[Tensor]) -> Tensor:
@@ -806,12 +753,7 @@ def check_perturbation(attack_id: str, norm: str, eps: float, target: str, clean
 def run_attack(attack: "Attack", victim: Victim, episodes: Episode, eps: float, target: str,
                generator: torch.Generator) -> Tensor:
     """Perturb with ``attack``, check the result, return per-query correctness ``[E, Q]`` (bool)."""
-    if target not in attack.targets:
-        raise MrbenchError(f"Attack {attack.id!r} cannot attack the {target}.",
-                           f"Its targets: {', '.join(attack.targets)}.")
-    if victim.n_way < attack.min_way:
-        raise MrbenchError(f"Attack {attack.id!r} needs episodes of at least {attack.min_way} ways, got {victim.n_way}.",
-                           "Use another attack for this suite (see `mrbench attacks`).")
+    check_attack(attack, target, victim.n_way)
     before = snapshot(episodes)
     adv = attack.perturb(victim, episodes, eps, target, generator)
     frac = getattr(attack.options, "poison_fraction", 1.0)
@@ -845,7 +787,7 @@ SANITY_TOL = 0.03
 accuracy noisy at the level of a few queries."""
 
 
-def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[AttackScenario], out: SanityResult) -> None:
+def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[AttackCell], out: SanityResult) -> None:
     """From an evaluation's own eps sweep: each attack/target's accuracy is non-increasing in eps."""
     by_key: dict[tuple[str, tuple, str], list[tuple[float, float]]] = {}
     for sc in scenarios:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from bench.components import Algorithm, Attack, Episode, EpisodeSpec
 from bench.errors import MrbenchError, OptionsError
+from bench.protocol.scenarios import NORMS, TARGETS
 from bench.testing._common import KEBAB, ContractError, global_rng_consumed, same_episode, scrambled_global_rngs
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ def check_attack_metadata(attack: Attack) -> None:
     """A kebab-case ``id``, a known ``norm``, ``targets`` a non-empty subset of
     ``query``/``support``/``both``, ``min_way`` >= 2, a boolean ``gradient_free`` and
     options that serialise into result entries."""
-    from bench.attacks import NORMS, TARGETS
-
     problems = []
     if not KEBAB.fullmatch(str(attack.id)):
         problems.append(f"id {attack.id!r} is not kebab-case")
@@ -187,7 +186,7 @@ def check_attack_deterministic(attack: Attack) -> None:
 def check_attack_honours_its_targets(attack: Attack) -> None:
     """Each declared target changes that part of the episode and nothing else (the rest
     bit-identical); the harness refuses every target the attack does not declare."""
-    from bench.attacks import TARGETS, run_attack
+    from bench.attacks import run_attack
 
     victim, clean, eps = _setup(attack)
     for target in attack.targets:
