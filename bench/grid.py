@@ -187,7 +187,8 @@ def validate_grid(grid: Grid) -> None:
 
 
 def parse_scenario(text: str) -> tuple[list[ShiftCell], list[AttackCell]]:
-    """A grid scenario (see :func:`bench.protocol.scenarios.from_grid`) -> (shifts, attacks) for :func:`bench.evaluate`."""
+    """A grid scenario (:func:`bench.protocol.scenarios.from_grid`) -> the ``(shifts, attacks)``
+    arguments of :func:`bench.evaluate`."""
     from bench.plugins import get_registry
 
     cell = from_grid(text, get_registry())

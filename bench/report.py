@@ -637,7 +637,8 @@ def _section_support(rep: _Report, items: list[_Item]) -> None:
                   "an image corruption); severity 0 is clean.", ""]
     for sid in shifts:
         rows_items = [it for it in items if any(sc.kind == "shift" and sc.shift == sid for sc in it.scenarios)]
-        sevs = sorted({sc.severity for it in rows_items for sc in it.scenarios if sc.kind == "shift" and sc.shift == sid})
+        sevs = sorted({sc.severity for it in rows_items for sc in it.scenarios
+                       if sc.kind == "shift" and sc.shift == sid})
         step, what = SUPPORT_SHIFTS.get(sid, (None, ""))
         rep.lines += [f"### `{sid}`" + (f" (severity s: {round(100 * step)}·s % of {what})" if step else ""), ""]
         head = ["entry", "0 (clean)"] + [f"{s} ({round(100 * step * s)}%)" if step else str(s) for s in sevs]

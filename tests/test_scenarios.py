@@ -18,7 +18,8 @@ from bench.protocol.scenarios import (
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRIES = sorted(ROOT.glob("leaderboards/*/v*/entries/*.json"))
-NAMES = sorted({(p.relative_to(ROOT).as_posix(), name) for p in ENTRIES for name in json.loads(p.read_text())["metrics"]})
+NAMES = sorted({(p.relative_to(ROOT).as_posix(), name)
+                for p in ENTRIES for name in json.loads(p.read_text())["metrics"]})
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def test_names_are_todays():
     ("gaussian-noise@high", "Cannot read scenario"),
     ("pgd-linf@lots:query", r"Scenario 'pgd-linf@lots:query': Cannot read eps 'lots'"),
     ("pgd-linf@16/255:queries", "unknown target 'queries'"),
+    ("pgd-linf@1/0:query", "eps must be a finite number >= 0, got '1/0'"),
     ("pgd-linf@0.50:query", r"not written as mrbench writes it \('pgd-linf@0.5:query'\)"),
     ("pgd-linf[steps=40,restarts=2]@0.5:query", "not written as mrbench writes it"),
     ("ensemble[steps=2]@0.5:query", "an ensemble has no options"),

@@ -72,7 +72,8 @@ def parse_eps(text: str | float) -> float:
         m = _EPS.match(str(text))
         if not m:
             raise MrbenchError(f"Cannot read eps {text!r}.", "Write it as a number (0.5) or a fraction of 255 (16/255).")
-        value = float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
+        denominator = float(m.group(2)) if m.group(2) else 1.0
+        value = float(m.group(1)) / denominator if denominator else math.inf
     if not math.isfinite(value) or value < 0:
         raise MrbenchError(f"eps must be a finite number >= 0, got {text!r}.")
     return value
@@ -231,7 +232,7 @@ def _read_name(name: str) -> Scenario:
     try:
         eps = parse_eps(m["eps"])
     except MrbenchError as exc:
-        raise MrbenchError(f"Scenario {name!r}: {exc.message}", f"{exc.hint} {_NAMES_HELP}") from None
+        raise MrbenchError(f"Scenario {name!r}: {exc.message}", " ".join(filter(None, (exc.hint, _NAMES_HELP)))) from None
     if m["id"] != "ensemble":
         return AttackCell(m["id"], eps, m["target"], tuple(_read_options(m["opts"], name).items()))
     if m["opts"]:
@@ -274,6 +275,7 @@ def split_list(text: str | None) -> list[str]:
 
 def _read_options(text: str, spec: str) -> dict[str, Any]:
     """``[a=1,b=2]``, ``[a=1][b=2]`` (or a mix) -> options, in the order written."""
+    unreadable = MrbenchError(f"Cannot read attack {spec!r}.", "Write ID or ID[key=value,...], e.g. pgd-linf[steps=40].")
     groups, depth, cur = [], 0, ""
     for ch in text:
         if ch == "[" and depth == 0:
@@ -281,12 +283,12 @@ def _read_options(text: str, spec: str) -> dict[str, Any]:
         elif ch == "]" and depth == 1:
             groups.append(cur)
         elif depth == 0:
-            raise MrbenchError(f"Cannot read attack {spec!r}.", "Write ID or ID[key=value,...], e.g. pgd-linf[steps=40].")
+            raise unreadable
         else:
             cur += ch
         depth += (ch == "[") - (ch == "]")
     if depth:
-        raise MrbenchError(f"Cannot read attack {spec!r}.", "Write ID or ID[key=value,...], e.g. pgd-linf[steps=40].")
+        raise unreadable
     return parse_options([pair for group in groups for pair in split_list(group)])
 
 
