@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
 from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
-from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps
+from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
 
 if TYPE_CHECKING:
     from bench.components import Attack
@@ -325,7 +325,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
     xs, xq = episodes.x_support, episodes.x_query
     E = xs.shape[0]
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
     starts: list[tuple[Tensor | None, Tensor | None]] = []
     for _ in range(max(1, restarts)):
@@ -365,7 +365,7 @@ def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor 
     """PGD from the given starts (one per restart) on one autograd graph over ``episodes``."""
     xs, ys, xq, yq = episodes.tensors()
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     per_query = target == "query"
 
     best_s, best_q = xs.clone(), xq.clone()
@@ -505,7 +505,7 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
     xs, xq = episodes.x_support, episodes.x_query
     E = xs.shape[0]
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
     runs: list[int | None] = [None]
     if loss == "targeted":
@@ -652,7 +652,7 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
                     grads = new_grads
                     n_up.zero_()
                     since = 0
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
 
 
@@ -731,8 +731,9 @@ def check_perturbation(attack_id: str, norm: str, eps: float, target: str, clean
             fail(f"returned {name} of shape {tuple(a.shape)} {a.dtype}, expected {tuple(c.shape)} {c.dtype}")
     if not torch.equal(adv.y_support, clean.y_support) or not torch.equal(adv.y_query, clean.y_query):
         fail("changed labels")
-    for name, a, c, allowed in (("x_support", adv.x_support, clean.x_support, target in ("support", "both")),
-                                ("x_query", adv.x_query, clean.x_query, target in ("query", "both"))):
+    do_s, do_q = perturbs(target)
+    for name, a, c, allowed in (("x_support", adv.x_support, clean.x_support, do_s),
+                                ("x_query", adv.x_query, clean.x_query, do_q)):
         if not torch.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             fail(f"left [0, 1] in {name} (min {float(a.min()):.4g}, max {float(a.max()):.4g})")
         d = (a - c).flatten(-3)

@@ -12,8 +12,8 @@ import pytest
 from bench.errors import MrbenchError
 from bench.plugins import get_registry
 from bench.protocol.scenarios import (
-    TARGETS, AttackCell, Clean, Ensemble, ShiftCell, attacks_from_cli, check_attack, from_grid, parse, parse_attack,
-    parse_shift, shift_grid, shifts_from_cli,
+    PERTURBED, TARGETS, AttackCell, Clean, Ensemble, ShiftCell, attacks_from_cli, check_attack, from_grid, parse,
+    parse_attack, parse_shift, perturbs, shift_grid, shifts_from_cli,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,3 +170,9 @@ def test_the_one_attack_check():
         AttackCell("four-way", 0.1, "query").check(_FourWay(), 3)
     with pytest.raises(MrbenchError, match=r"^Grid scenario 'x': Attack 'four-way' cannot attack the support"):
         check_attack(_FourWay, "support", where="Grid scenario 'x'")
+
+
+def test_each_target_says_what_it_perturbs():
+    assert set(PERTURBED) == set(TARGETS)
+    assert [perturbs(t) for t in TARGETS] == [(False, True), (True, False), (True, True)]
+    assert perturbs("nothing") == (False, False)

@@ -47,6 +47,10 @@ Kind = Literal["clean", "shift", "attack", "ensemble"]
 TARGETS: tuple[Target, ...] = get_args(Target)
 NORMS: tuple[Norm, ...] = get_args(Norm)
 KINDS: tuple[Kind, ...] = get_args(Kind)
+PERTURBED: dict[Target, frozenset[str]] = {
+    "query": frozenset({"x_query"}), "support": frozenset({"x_support"}), "both": frozenset({"x_support", "x_query"}),
+}
+"""The parts of an episode each target perturbs (the rest must come back unchanged)."""
 ADVERSARIAL_TRAINING_TARGETS: tuple[Target, ...] = ("query", "support")
 """What adversarial meta-training may attack: adversarial querying or poisoned support sets."""
 
@@ -183,6 +187,12 @@ class Ensemble:
 
 
 Scenario = Union[Clean, ShiftCell, AttackCell, Ensemble]
+
+
+def perturbs(target: str) -> tuple[bool, bool]:
+    """Whether ``target`` perturbs ``(the support images, the query images)``; neither for an unknown target."""
+    parts = PERTURBED.get(target, frozenset())  # type: ignore[call-overload]
+    return "x_support" in parts, "x_query" in parts
 
 
 def check_attack(attack: Any, target: str, n_way: int | None = None, *, where: str | None = None) -> None:
