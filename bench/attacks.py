@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -36,61 +34,10 @@ from torch import Tensor, nn
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
 from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
+from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
 
 if TYPE_CHECKING:
     from bench.components import Attack
-
-TARGETS = ("query", "support", "both")
-NORMS = ("linf", "l2")
-
-_EPS = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:\s*/\s*(\d+(?:\.\d*)?))?\s*$")
-
-
-def parse_eps(text: str | float) -> float:
-    """``"16/255"`` -> 0.0627..., ``"0.5"`` -> 0.5; a clear error for anything else."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        m = _EPS.match(str(text))
-        if not m:
-            raise MrbenchError(f"Cannot read eps {text!r}.", "Write it as a number (0.5) or a fraction of 255 (16/255).")
-        value = float(m.group(1)) / (float(m.group(2)) if m.group(2) else 1.0)
-    if not math.isfinite(value) or value < 0:
-        raise MrbenchError(f"eps must be a finite number >= 0, got {text!r}.")
-    return value
-
-
-def format_eps(eps: float) -> str:
-    """A stable, readable name for ``eps``: ``16/255`` when it is a multiple of 1/255."""
-    frac = Fraction(eps).limit_denominator(255 * 8)
-    if abs(float(frac) - eps) < 1e-12 and (frac * 255).denominator == 1 and eps != 0:
-        return f"{int(frac * 255)}/255"
-    return repr(float(eps))
-
-
-@dataclass(frozen=True)
-class AttackScenario:
-    """One attack cell of an evaluation: attack id, options, eps, target.
-
-    Its scenario name in a result entry is ``<attack>@<eps>:<target>``, e.g.
-    ``pgd-linf@16/255:query``; non-default options are part of the name
-    (``pgd-linf[steps=40]@16/255:query``) so two budgets never share a column.
-    """
-
-    attack: str
-    eps: float
-    target: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def name(self) -> str:
-        opts = "".join(f"[{k}={v}]" for k, v in self.options)
-        return f"{self.attack}{opts}@{format_eps(self.eps)}:{self.target}"
-
-
-def ensemble_name(eps: float, target: str) -> str:
-    """Scenario name of the ensemble over every attack of ``(eps, target)`` (see :func:`combine_ensemble`)."""
-    return f"ensemble@{format_eps(eps)}:{target}"
 
 
 def combine_ensemble(target: str, members: Sequence[Tensor]) -> Tensor:
@@ -378,7 +325,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
     xs, xq = episodes.x_support, episodes.x_query
     E = xs.shape[0]
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
     starts: list[tuple[Tensor | None, Tensor | None]] = []
     for _ in range(max(1, restarts)):
@@ -418,7 +365,7 @@ def _pgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[Tensor 
     """PGD from the given starts (one per restart) on one autograd graph over ``episodes``."""
     xs, ys, xq, yq = episodes.tensors()
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     per_query = target == "query"
 
     best_s, best_q = xs.clone(), xq.clone()
@@ -558,7 +505,7 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
     xs, xq = episodes.x_support, episodes.x_query
     E = xs.shape[0]
     dev, dtype = xs.device, xs.dtype
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
     runs: list[int | None] = [None]
     if loss == "targeted":
@@ -705,7 +652,7 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
                     grads = new_grads
                     n_up.zero_()
                     since = 0
-    do_s, do_q = target in ("support", "both"), target in ("query", "both")
+    do_s, do_q = perturbs(target)
     return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
 
 
@@ -784,8 +731,9 @@ def check_perturbation(attack_id: str, norm: str, eps: float, target: str, clean
             fail(f"returned {name} of shape {tuple(a.shape)} {a.dtype}, expected {tuple(c.shape)} {c.dtype}")
     if not torch.equal(adv.y_support, clean.y_support) or not torch.equal(adv.y_query, clean.y_query):
         fail("changed labels")
-    for name, a, c, allowed in (("x_support", adv.x_support, clean.x_support, target in ("support", "both")),
-                                ("x_query", adv.x_query, clean.x_query, target in ("query", "both"))):
+    do_s, do_q = perturbs(target)
+    for name, a, c, allowed in (("x_support", adv.x_support, clean.x_support, do_s),
+                                ("x_query", adv.x_query, clean.x_query, do_q)):
         if not torch.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             fail(f"left [0, 1] in {name} (min {float(a.min()):.4g}, max {float(a.max()):.4g})")
         d = (a - c).flatten(-3)
@@ -806,12 +754,7 @@ def check_perturbation(attack_id: str, norm: str, eps: float, target: str, clean
 def run_attack(attack: "Attack", victim: Victim, episodes: Episode, eps: float, target: str,
                generator: torch.Generator) -> Tensor:
     """Perturb with ``attack``, check the result, return per-query correctness ``[E, Q]`` (bool)."""
-    if target not in attack.targets:
-        raise MrbenchError(f"Attack {attack.id!r} cannot attack the {target}.",
-                           f"Its targets: {', '.join(attack.targets)}.")
-    if victim.n_way < attack.min_way:
-        raise MrbenchError(f"Attack {attack.id!r} needs episodes of at least {attack.min_way} ways, got {victim.n_way}.",
-                           "Use another attack for this suite (see `mrbench attacks`).")
+    check_attack(attack, target, victim.n_way)
     before = snapshot(episodes)
     adv = attack.perturb(victim, episodes, eps, target, generator)
     frac = getattr(attack.options, "poison_fraction", 1.0)
@@ -845,7 +788,7 @@ SANITY_TOL = 0.03
 accuracy noisy at the level of a few queries."""
 
 
-def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[AttackScenario], out: SanityResult) -> None:
+def monotone_in_eps(metrics: dict[str, dict[str, Any]], scenarios: Sequence[AttackCell], out: SanityResult) -> None:
     """From an evaluation's own eps sweep: each attack/target's accuracy is non-increasing in eps."""
     by_key: dict[tuple[str, tuple, str], list[tuple[float, float]]] = {}
     for sc in scenarios:

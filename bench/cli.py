@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import (
+    ADVERSARIAL_TRAINING_TARGETS, AttackCell, ShiftCell, attacks_from_cli, parse_attack, parse_eps, parse_options,
+    shifts_from_cli,
+)
 
 EXIT_USAGE = 2
 
@@ -23,20 +27,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # One paragraph: what is wrong and where to look, no usage dump.
         self.exit(EXIT_USAGE, f"mrbench: error: {message}. Run `{self.prog} --help` for the options.\n")
-
-
-def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse (numbers, booleans), else strings."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise MrbenchError(f"Option {pair!r} is not of the form key=value.", "Write e.g. `-o inner_lr=0.5`.")
-        k, v = pair.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
 
 
 PIPED_WIDTH = 1000
@@ -191,112 +181,38 @@ def _train(args: argparse.Namespace, algorithm: str, suite: str, out: Path, step
 
     adversary = None
     if getattr(args, "adv_train", None):
-        from bench.attacks import parse_eps
         from bench.plugins import get_registry
         from bench.training import Adversary
 
-        attack_id, opts = _parse_attack(args.adv_train)
+        attack_id, opts = parse_attack(args.adv_train)
         if args.adv_eps is None:
             raise MrbenchError("--adv-train needs --adv-eps.", "E.g. --adv-train pgd-linf[steps=7] --adv-eps 16/255.")
         adversary = Adversary(get_registry().create("attack", attack_id, dict(opts)), parse_eps(args.adv_eps),
                               args.adv_target)
-    return train(algorithm, suite, out, steps=steps, seed=args.seed, options=_parse_options(args.option),
+    return train(algorithm, suite, out, steps=steps, seed=args.seed, options=parse_options(args.option),
                  meta_batch=args.meta_batch, lr=args.lr, device=args.device, data_root=args.data_root,
                  reporter=_reporter("steps", args.quiet), val_every=args.val_every, adversary=adversary,
                  init_from=getattr(args, "init_from", None))  # a file or zoo:<digest>
 
 
-def _parse_shifts(specs: Sequence[str] | None, suite_id: str | None = None) -> list[tuple[str, int]]:
-    """``ID:SEVERITY`` -> one scenario; a bare ``ID`` -> every severity of that shift;
-    ``suite`` -> the suite's ``[shifts]`` grid."""
+def _parse_shifts(specs: Sequence[str] | None, suite_id: str | None = None) -> list[ShiftCell]:
+    """The ``--shift`` values (:func:`bench.protocol.scenarios.shifts_from_cli`); ``suite`` needs ``suite_id``."""
     if not specs:
         return []
     from bench.plugins import get_registry
+    from bench.suites import get_suite
 
-    registry = get_registry()
-    out: list[tuple[str, int]] = []
-    for spec in specs:
-        if spec == "suite":
-            from bench.suites import get_suite, shift_grid
-
-            for shift_id, sev in shift_grid(get_suite(suite_id)):
-                registry.get("shift", shift_id)  # an unknown id lists the known ones
-                out.append((shift_id, sev))
-            continue
-        shift_id, _, sev = spec.partition(":")
-        cls = registry.get("shift", shift_id)
-        if not sev:
-            out += [(shift_id, s) for s in cls.severities]
-            continue
-        try:
-            out.append((shift_id, int(sev)))
-        except ValueError:
-            raise MrbenchError(f"--shift {spec!r}: severity {sev!r} is not an integer.",
-                               "Write ID:SEVERITY, e.g. --shift gaussian-noise:3, or a bare ID for every severity.") from None
-    return list(dict.fromkeys(out))  # `suite` plus a cell it already has: once
+    return shifts_from_cli(specs, get_registry(), get_suite(suite_id) if "suite" in specs else None)
 
 
-def _split_list(text: str | None) -> list[str]:
-    """Comma-separated list, commas inside ``[...]`` kept (``pgd-linf[steps=40,restarts=2]``)."""
-    out, depth, cur = [], 0, ""
-    for ch in text or "":
-        depth += ch == "["
-        depth -= ch == "]"
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        out.append(cur.strip())
-    return out
-
-
-def _parse_attack(spec: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """``pgd-linf`` or ``pgd-linf[steps=40,restarts=2]`` -> (id, options)."""
-    attack_id, _, rest = spec.partition("[")
-    if rest and not rest.endswith("]"):
-        raise MrbenchError(f"Cannot read attack {spec!r}.", "Write ID or ID[key=value,...], e.g. pgd-linf[steps=40].")
-    opts = _parse_options(_split_list(rest[:-1])) if rest else {}
-    return attack_id.strip(), tuple(sorted(opts.items()))
-
-
-def _parse_attacks(args: argparse.Namespace, suite_id: str) -> list[Any]:
-    """``--attacks A,B --eps E1,E2 --target T1,T2`` (or ``--attacks suite``) -> attack scenarios."""
-    spec = getattr(args, "attacks", None)
-    if not spec:
+def _parse_attacks(args: argparse.Namespace, suite_id: str) -> list[AttackCell]:
+    """``--attacks``, ``--eps`` and ``--target`` (:func:`bench.protocol.scenarios.attacks_from_cli`)."""
+    if not getattr(args, "attacks", None):
         return []
-    from bench.attacks import AttackScenario, parse_eps
     from bench.plugins import get_registry
     from bench.suites import get_suite
 
-    registry = get_registry()
-    suite = get_suite(suite_id)
-    defaults = suite.attacks or {}
-    if spec == "suite":
-        if not defaults.get("attacks"):
-            raise MrbenchError(f"Suite {suite.ref} declares no default attacks.",
-                               "Name them: --attacks pgd-linf,fgsm --eps 16/255 --target query.")
-        attacks = list(defaults["attacks"])
-    else:
-        attacks = _split_list(spec)
-    eps_list = _split_list(args.eps) if args.eps else [str(e) for e in defaults.get("eps", [])]
-    targets = _split_list(args.target) if args.target else list(defaults.get("targets", ["query"]))
-    if not eps_list:
-        raise MrbenchError("No eps given and the suite declares none.", "Pass --eps, e.g. --eps 16/255.")
-    out = []
-    for a in attacks:
-        attack_id, opts = _parse_attack(a)
-        cls = registry.get("attack", attack_id)
-        for t in targets:
-            if t not in cls.targets:
-                if spec == "suite" or len(targets) > 1:
-                    continue  # a grid: each attack on the targets it supports
-                raise MrbenchError(f"Attack {attack_id!r} cannot attack the {t}.",
-                                   f"Its targets: {', '.join(cls.targets)}.")
-            for e in eps_list:
-                out.append(AttackScenario(attack_id, parse_eps(e), t, opts))
-    return out
+    return attacks_from_cli(args.attacks, args.eps, args.target, get_registry(), get_suite(suite_id))
 
 
 def _evaluate(args: argparse.Namespace, algorithm: str | None, suite: str, ckpt: Path, out: Path, options=None,
@@ -361,7 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                            "or every published model of a suite (`mrbench evaluate --zoo S --attacks A --out-dir DIR`).")
     before = Path(args.out).read_text() if Path(args.out).is_file() else None
     entry = _evaluate(args, args.algorithm, args.suite, _checkpoint_arg(args.checkpoint), Path(args.out),
-                      options=_parse_options(args.option) or None)
+                      options=parse_options(args.option) or None)
     c = _console()
     if entry is not None and before is not None and Path(args.out).read_text() == before:
         c.print(f"{args.out} already holds this evaluation's result; nothing to do (delete it to evaluate again).")
@@ -566,7 +482,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from bench.plugins import get_registry
 
     registry = get_registry()
-    ds = registry.create("dataset", args.name, _parse_options(args.option))
+    ds = registry.create("dataset", args.name, parse_options(args.option))
     for split in ds.splits:
         s = ds.load(split, args.data_root)
         print(f"{args.name} {split}: {s.n_classes} classes, {s.images.shape[0]} images "
@@ -643,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--adv-train", default=None, metavar="ATTACK[opts]",
                     help="adversarial meta-training: attack every training batch, e.g. pgd-linf[steps=7]")
     sp.add_argument("--adv-eps", default=None, metavar="EPS", help="its budget, e.g. 16/255")
-    sp.add_argument("--adv-target", default="query", choices=["query", "support"],
+    sp.add_argument("--adv-target", default="query", choices=ADVERSARIAL_TRAINING_TARGETS,
                     help="query = adversarial querying (default); support = poisoned support sets")
     sp.add_argument("--init-from", default=None, metavar="CKPT",
                     help="start from this checkpoint's weights (e.g. adversarial fine-tuning of a natural model)")

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from bench.errors import OptionsError
+from bench.protocol.scenarios import TARGETS, Norm, Target
 
 Params = dict[str, Tensor]
 """Meta-parameters: a flat dict of tensors (``torch.func.functional_call`` style)."""
@@ -340,7 +341,7 @@ class Shift(Component):
     kind: ClassVar[str] = "shift"
     category: ClassVar[str] = "other"
     severities: ClassVar[tuple[int, ...]] = (1, 2, 3, 4, 5)
-    targets: ClassVar[tuple[str, ...]] = ("query", "support", "both")
+    targets: ClassVar[tuple[Target, ...]] = TARGETS
 
     def apply(self, episode: Episode, severity: int, generator: torch.Generator) -> Episode:
         """Return the shifted episode (a new object; ``episode`` is unchanged)."""
@@ -364,8 +365,8 @@ class Attack(Component):
     """
 
     kind: ClassVar[str] = "attack"
-    norm: ClassVar[str] = "linf"
-    targets: ClassVar[tuple[str, ...]] = ("query",)
+    norm: ClassVar[Norm] = "linf"
+    targets: ClassVar[tuple[Target, ...]] = ("query",)
     gradient_free: ClassVar[bool] = False
     min_way: ClassVar[int] = 2
 

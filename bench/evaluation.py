@@ -19,14 +19,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from bench.attacks import (
-    SanityResult, Victim, combine_ensemble, ensemble_name, monotone_in_eps, run_attack, sanity_checks,
-)
+from bench.attacks import SanityResult, Victim, combine_ensemble, monotone_in_eps, run_attack, sanity_checks
 from bench.checkpoint import atomic_write_text
 from bench.episodes import gather
 from bench.errors import MrbenchError
 from bench.execution import Execution, for_algorithm, pick_device, plan, predict_episodes
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
+from bench.protocol.scenarios import Ensemble, ShiftCell
 from bench.provenance import digest, environment, peak_memory_bytes
 from bench.results import episodes_file
 from bench.results.schema import build_entry
@@ -115,20 +114,15 @@ def _prepare(algorithm: str | None, suite: str | Suite, checkpoint: Any, *, n_ep
         if severity not in shift.severities:
             raise MrbenchError(f"Shift {shift_id!r} has no severity {severity}.",
                                f"Its severities: {', '.join(map(str, shift.severities))}.")
-        scenarios.append((f"{shift_id}@{severity}", shift, severity))
+        scenarios.append((ShiftCell(shift_id, severity).name, shift, severity))
     attack_cells: list[tuple[str, Any, Any]] = []  # (name, scenario, attack instance)
     for sc in attacks or ():
         atk = registry.create("attack", sc.attack, dict(sc.options))
-        if sc.target not in atk.targets:
-            raise MrbenchError(f"Attack {sc.attack!r} cannot attack the {sc.target}.",
-                               f"Its targets: {', '.join(atk.targets)}; see `mrbench attacks`.")
-        if spec.n_way < atk.min_way:
-            raise MrbenchError(f"Attack {sc.attack!r} needs at least {atk.min_way} ways; suite {suite.id} has {spec.n_way}.",
-                               "Leave it out for this suite (see `mrbench attacks`).")
+        sc.check(atk, spec.n_way)
         attack_cells.append((sc.name, sc, atk))
     ensembles: dict[str, list[str]] = {}
     for name, sc, _ in attack_cells:
-        ensembles.setdefault(ensemble_name(sc.eps, sc.target), []).append(name)
+        ensembles.setdefault(Ensemble(sc.eps, sc.target).name, []).append(name)
     ensembles = {k: v for k, v in ensembles.items() if len(v) > 1}
     names = [name for name, _, _ in scenarios] + [name for name, _, _ in attack_cells] + list(ensembles)
     if len(set(names)) != len(names):
@@ -242,11 +236,12 @@ def evaluate(algorithm: str | None, suite: str | Suite, checkpoint: str | Path, 
         inner steps); recorded in the entry.
     :param chunk_episodes: episodes computed together and saved at once (the resume and
         shard grid).
-    :param shifts: ``(shift id, severity)`` scenarios evaluated next to ``clean`` on the
+    :param shifts: ``(shift id, severity)`` scenarios (pairs or
+        :class:`bench.protocol.scenarios.ShiftCell`) evaluated next to ``clean`` on the
         same episodes; scenario ``<id>@<severity>`` in the entry. Each episode is shifted
         with its own generator seeded from (suite seed, scenario, episode), so results do
         not depend on chunking or on which other scenarios run.
-    :param attacks: :class:`bench.attacks.AttackScenario` cells (attack, options, eps,
+    :param attacks: :class:`bench.protocol.scenarios.AttackCell` cells (attack, options, eps,
         target), evaluated on the clean episodes; scenario ``<attack>@<eps>:<target>``.
         Where several attacks share an (eps, target), ``ensemble@<eps>:<target>`` combines
         them (:func:`bench.attacks.combine_ensemble`): for the ``query`` target a query is

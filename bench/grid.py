@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import AttackCell, ShiftCell, from_grid
 from bench.provenance import digest
 
 #: environment variables a remote cell needs to see the same suites, data and plugins
@@ -52,7 +53,8 @@ FORWARDED_ENV = ("MRBENCH_SUITES", "MRBENCH_DATA", "MRBENCH_CACHE", "MRBENCH_DIS
 class Grid:
     """A parsed grid file.
 
-    :param scenarios: ``clean``, ``<shift>:<severity>`` or ``<attack>[opts]@<eps>:<target>``.
+    :param scenarios: ``clean``, ``<shift>:<severity>`` (or ``<shift>@<severity>``) or
+        ``<attack>[opts]@<eps>:<target>``, read by :func:`bench.protocol.scenarios.from_grid`.
     :param options: algorithm id -> its options.
     """
 
@@ -184,32 +186,13 @@ def validate_grid(grid: Grid) -> None:
         parse_scenario(sc)
 
 
-def parse_scenario(text: str) -> tuple[list[tuple[str, int]], list[Any]]:
-    """``clean`` | ``<shift>:<severity>`` | ``<attack>[opts]@<eps>:<target>`` -> (shifts, attacks)."""
-    from bench.attacks import AttackScenario, parse_eps
-    from bench.cli import _parse_attack
+def parse_scenario(text: str) -> tuple[list[ShiftCell], list[AttackCell]]:
+    """A grid scenario (:func:`bench.protocol.scenarios.from_grid`) -> the ``(shifts, attacks)``
+    arguments of :func:`bench.evaluate`."""
     from bench.plugins import get_registry
 
-    registry = get_registry()
-    if text == "clean":
-        return [], []
-    if "@" in text:
-        spec, _, rest = text.rpartition("@")
-        eps, _, target = rest.partition(":")
-        attack_id, opts = _parse_attack(spec)
-        cls = registry.get("attack", attack_id)
-        if target not in cls.targets:
-            raise MrbenchError(f"Grid scenario {text!r}: attack {attack_id!r} cannot attack {target!r}.",
-                               f"Its targets: {', '.join(cls.targets)}.")
-        return [], [AttackScenario(attack_id, parse_eps(eps), target, opts)]
-    shift_id, _, sev = text.partition(":")
-    cls = registry.get("shift", shift_id)
-    try:
-        severity = int(sev)
-    except ValueError:
-        raise MrbenchError(f"Grid scenario {text!r}: write <shift>:<severity>, e.g. gaussian-noise:3.",
-                           f"Severities of {shift_id}: {', '.join(map(str, cls.severities))}.") from None
-    return [(shift_id, severity)], []
+    cell = from_grid(text, get_registry())
+    return [cell] if isinstance(cell, ShiftCell) else [], [cell] if isinstance(cell, AttackCell) else []
 
 
 def cells(grid: Grid) -> tuple[list[TrainCell], list[EvalCell]]:

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import parse
 from bench.results import episodes_file
 from bench.results.schema import ResultEntry, check_entry
 from bench.results.stats import mean_ci95, paired_t_test
@@ -830,9 +831,10 @@ def robust_columns(rows: list[Row]) -> list[str]:
         for name in en.metrics:
             if name == "clean":
                 continue
-            if ":" in name:  # attack scenarios are ATTACK@EPS:TARGET
+            cell = parse(name)
+            if cell.kind in ("attack", "ensemble"):
                 attacks.add(name)
-            elif name.split("@")[0] not in folded:
+            elif cell.label not in folded:
                 shifts.add(name)
     return sorted(attacks) + ([MEAN_CORRUPTION] if mean else []) + sorted(shifts)
 

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import TARGETS, Scenario, ShiftCell, parse
 
 REPORT_NAME = "report.md"
 DPI = 100
@@ -47,12 +47,9 @@ SUPPORT_SHIFTS: dict[str, tuple[float, str]] = {
     "label-noise": (0.1, "support labels flipped"),
     "class-imbalance": (0.2, "classes reduced to one distinct shot"),
 }
-TARGET_ORDER = ("query", "support", "both")
 TARGET_MEANING = {"query": "evasion: queries perturbed", "support": "poisoning: support set perturbed",
                   "both": "support and queries perturbed"}
 
-_SHIFT = re.compile(r"^(?P<id>[^@\[\]:\s]+(?:\[[^\]]*\])*)@(?P<sev>\d+)$")
-_ATTACK = re.compile(r"^(?P<id>[^@\[\]:\s]+(?:\[[^\]]*\])*)@(?P<eps>[^:@]+):(?P<target>[^:@\s]+)$")
 
 
 # --------------------------------------------------------------------------- API
@@ -70,45 +67,6 @@ class ReportSummary:
     markdown: Path
     plots: list[Path]
     sections: list[str]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A parsed scenario name of a result entry's ``metrics``.
-
-    ``kind`` is ``clean``; ``shift`` (``<shift>@<severity>``); ``attack``
-    (``<attack>[<opts>]@<eps>:<target>``); ``ensemble`` (``ensemble@<eps>:<target>``);
-    or ``other`` for a name the report does not know. ``id`` is the shift id or the
-    attack id with its options (``pgd-linf[steps=40]``).
-    """
-
-    name: str
-    kind: str
-    id: str = ""
-    severity: int | None = None
-    eps: float | None = None
-    eps_name: str = ""
-    target: str = ""
-
-
-def parse_scenario(name: str) -> Scenario:
-    """Parse a scenario name; eps goes through :func:`bench.attacks.parse_eps`."""
-    if name == "clean":
-        return Scenario(name, "clean")
-    m = _SHIFT.match(name)
-    if m:
-        return Scenario(name, "shift", id=m["id"], severity=int(m["sev"]))
-    m = _ATTACK.match(name)
-    if m:
-        from bench.attacks import parse_eps  # imports torch: only when an attack is named
-
-        try:
-            eps = parse_eps(m["eps"])
-        except MrbenchError:
-            return Scenario(name, "other")
-        kind = "ensemble" if m["id"] == "ensemble" else "attack"
-        return Scenario(name, kind, id=m["id"], eps=eps, eps_name=m["eps"].strip(), target=m["target"])
-    return Scenario(name, "other")
 
 
 def write_report(entries: Sequence[str | Path | dict], out_dir: str | Path) -> ReportSummary:
@@ -162,6 +120,7 @@ class _Item:
     index: int
     label: str = ""
     scenarios: list[Scenario] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # metrics names that are no scenario name
 
     @property
     def metrics(self) -> dict[str, dict[str, Any]]:
@@ -226,7 +185,11 @@ def _load(e: str | Path | dict, index: int) -> _Item:
     if problems:
         raise MrbenchError(f"{where} is malformed: {'; '.join(problems)}.", hint)
     item = _Item(entry, source, index)
-    item.scenarios = [parse_scenario(name) for name in metrics]
+    for name in metrics:
+        try:
+            item.scenarios.append(parse(name))
+        except MrbenchError:
+            item.unknown.append(name)
     return item
 
 
@@ -392,10 +355,10 @@ def _corruption_ids(item: _Item) -> set[str] | None:
 
 
 def _is_corruption(item: _Item, sc: Scenario) -> bool:
-    if sc.kind != "shift" or sc.id in SUPPORT_SHIFTS:
+    if sc.kind != "shift" or sc.shift in SUPPORT_SHIFTS:
         return False
     known = _corruption_ids(item)
-    return known is None or sc.id in known
+    return known is None or sc.shift in known
 
 
 def _corruptions(item: _Item) -> _Corr | None:
@@ -404,7 +367,7 @@ def _corruptions(item: _Item) -> _Corr | None:
     table: dict[str, dict[int, dict[str, Any]]] = {}
     for sc in item.scenarios:
         if _is_corruption(item, sc):
-            table.setdefault(sc.id, {})[sc.severity] = item.metrics[sc.name]
+            table.setdefault(sc.shift, {})[sc.severity] = item.metrics[sc.name]
     if not table and summ is None:
         return None
     clean = item.clean["accuracy"] if item.clean else None
@@ -442,7 +405,7 @@ def _attacks(item: _Item) -> list[Scenario]:
 
 def _targets(items: list[_Item]) -> list[str]:
     found = {sc.target for it in items for sc in _attacks(it)}
-    return [t for t in TARGET_ORDER if t in found] + sorted(found - set(TARGET_ORDER))
+    return [t for t in TARGETS if t in found]
 
 
 def _strongest(item: _Item, target: str) -> Scenario | None:
@@ -453,7 +416,7 @@ def _strongest(item: _Item, target: str) -> Scenario | None:
         return None
     top = max(sc.eps for sc in cands)
     at = [sc for sc in cands if sc.eps == top]
-    return min(at, key=lambda sc: (item.metrics[sc.name]["accuracy"], sc.kind == "ensemble", sc.id))
+    return min(at, key=lambda sc: (item.metrics[sc.name]["accuracy"], sc.kind == "ensemble", sc.label))
 
 
 def _options_key(opts: dict[str, Any], drop: str | None = None) -> str:
@@ -465,7 +428,7 @@ def _options_key(opts: dict[str, Any], drop: str | None = None) -> str:
 
 def _section_summary(rep: _Report, items: list[_Item]) -> None:
     corr = [_corruptions(it) for it in items]
-    noise = [s for s in (2, 4) if any(f"label-noise@{s}" in it.metrics for it in items)]
+    noise = [s for s in (2, 4) if any(ShiftCell("label-noise", s).name in it.metrics for it in items)]
     targets = _targets(items)
     any_unreliable = any(it.entry.get("unreliable") for it in items)
 
@@ -486,10 +449,10 @@ def _section_summary(rep: _Report, items: list[_Item]) -> None:
                 mark = "" if c.from_summary else " †"
                 row += [_acc({"accuracy": c.mean, "ci95": c.ci}) + mark,
                         "–" if c.rel is None else f"{100 * c.rel:.2f}%{mark}"]
-        row += [_acc(it.metrics.get(f"label-noise@{s}")) for s in noise]
+        row += [_acc(it.metrics.get(ShiftCell("label-noise", s).name)) for s in noise]
         for t in targets:
             sc = _strongest(it, t)
-            row.append("–" if sc is None else f"{_acc(it.metrics[sc.name])} (`{sc.id}@{sc.eps_name}`)")
+            row.append("–" if sc is None else f"{_acc(it.metrics[sc.name])} (`{sc.label}@{sc.eps_name}`)")
         if any_unreliable:
             row.append("**yes**" if it.entry.get("unreliable") else "no")
         rows.append(row)
@@ -513,10 +476,9 @@ def _section_summary(rep: _Report, items: list[_Item]) -> None:
             notes.append(f"- {_md(it.label)}: **unreliable**" + (f": {foot}" if foot else "."))
         elif foot:
             notes.append(f"- {_md(it.label)}: {foot}")
-        other = [sc.name for sc in it.scenarios if sc.kind == "other"]
-        if other:
+        if it.unknown:
             notes.append(f"- {_md(it.label)}: scenarios this report does not know (not shown): "
-                         + ", ".join(f"`{o}`" for o in other) + ".")
+                         + ", ".join(f"`{o}`" for o in it.unknown) + ".")
     if notes:
         rep.lines += notes + [""]
 
@@ -665,8 +627,8 @@ def _section_support(rep: _Report, items: list[_Item]) -> None:
     shifts: list[str] = []
     for it in items:
         for sc in it.scenarios:
-            if sc.kind == "shift" and not _is_corruption(it, sc) and sc.id not in shifts:
-                shifts.append(sc.id)
+            if sc.kind == "shift" and not _is_corruption(it, sc) and sc.shift not in shifts:
+                shifts.append(sc.shift)
     if not shifts:
         return
     shifts.sort(key=lambda s: (s not in SUPPORT_SHIFTS, list(SUPPORT_SHIFTS).index(s) if s in SUPPORT_SHIFTS else 0, s))
@@ -674,12 +636,13 @@ def _section_support(rep: _Report, items: list[_Item]) -> None:
     rep.lines += ["Accuracy (%) vs severity for shifts of the support set (and any other shift that is not "
                   "an image corruption); severity 0 is clean.", ""]
     for sid in shifts:
-        rows_items = [it for it in items if any(sc.kind == "shift" and sc.id == sid for sc in it.scenarios)]
-        sevs = sorted({sc.severity for it in rows_items for sc in it.scenarios if sc.kind == "shift" and sc.id == sid})
+        rows_items = [it for it in items if any(sc.kind == "shift" and sc.shift == sid for sc in it.scenarios)]
+        sevs = sorted({sc.severity for it in rows_items for sc in it.scenarios
+                       if sc.kind == "shift" and sc.shift == sid})
         step, what = SUPPORT_SHIFTS.get(sid, (None, ""))
         rep.lines += [f"### `{sid}`" + (f" (severity s: {round(100 * step)}·s % of {what})" if step else ""), ""]
         head = ["entry", "0 (clean)"] + [f"{s} ({round(100 * step * s)}%)" if step else str(s) for s in sevs]
-        rows = [[_md(it.label), _acc(it.clean)] + [_acc(it.metrics.get(f"{sid}@{s}")) for s in sevs]
+        rows = [[_md(it.label), _acc(it.clean)] + [_acc(it.metrics.get(ShiftCell(sid, s).name)) for s in sevs]
                 for it in rows_items]
         rep.table(head, rows)
 
@@ -704,11 +667,11 @@ def _section_attacks(rep: _Report, items: list[_Item]) -> None:
         for it in items:
             ids = []
             for sc in _attacks(it):
-                if sc.target == t and sc.id not in ids:
-                    ids.append(sc.id)
+                if sc.target == t and sc.label not in ids:
+                    ids.append(sc.label)
             ids.sort(key=lambda a: (a == "ensemble", a))
             for a in ids:
-                pts = sorted((sc.eps, it.metrics[sc.name]) for sc in _attacks(it) if sc.target == t and sc.id == a)
+                pts = sorted((sc.eps, it.metrics[sc.name]) for sc in _attacks(it) if sc.target == t and sc.label == a)
                 lines.append((it, a, pts))
         head = ["entry", "attack", "0 (clean)"] + [name for _, name in eps_cols]
         rows = []

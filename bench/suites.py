@@ -55,7 +55,7 @@ class Suite:
         (``poison_ensemble``).
     :param shifts: the ``[shifts]`` table: the suite's shift grid (``corruptions`` at
         every one of ``severities``, plus ``extra`` ``id@severity`` cells); see
-        :func:`shift_grid`.
+        :func:`bench.protocol.scenarios.shift_grid`.
     :param path: the file it was read from.
     """
 
@@ -78,27 +78,6 @@ class Suite:
     @property
     def ref(self) -> str:
         return f"{self.id}@v{self.version}"
-
-
-def shift_grid(suite: Suite) -> list[tuple[str, int]]:
-    """The ``(shift id, severity)`` cells of the suite's ``[shifts]`` table, in order.
-
-    :raises MrbenchError: the suite declares no shift grid, or the table is malformed.
-    """
-    table = suite.shifts
-    if not table:
-        raise MrbenchError(f"Suite {suite.ref} declares no shift grid.",
-                           "Name the shifts instead: --shift gaussian-noise:3 (or a bare id for every severity).")
-    try:
-        severities = [int(s) for s in table.get("severities", [1, 2, 3, 4, 5])]
-        cells = [(str(c), s) for c in table.get("corruptions", []) for s in severities]
-        for item in table.get("extra", []):
-            sid, _, sev = str(item).partition("@")
-            cells.append((sid, int(sev)))
-    except (TypeError, ValueError) as exc:
-        raise MrbenchError(f"The [shifts] table of {suite.path} is invalid: {exc}.",
-                           'Use corruptions = ["id", ...], severities = [1, ...], extra = ["id@severity", ...].') from None
-    return cells
 
 
 def suites_dirs() -> list[Path]:

@@ -23,6 +23,7 @@ from bench.episodes import sample_batch
 from bench.errors import MrbenchError
 from bench.execution import Execution, for_algorithm, meta_loss_backward, pick_device, plan
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
+from bench.protocol.scenarios import ADVERSARIAL_TRAINING_TARGETS, format_eps
 from bench.provenance import digest, environment
 from bench.suites import Suite, get_suite, load_data
 
@@ -66,8 +67,6 @@ class Adversary:
     target: str
 
     def describe(self) -> dict[str, Any]:
-        from bench.attacks import format_eps
-
         return {"attack": self.attack.id, "version": self.attack.version,
                 "options": self.attack.options.model_dump(mode="json"), "eps": self.eps,
                 "eps_name": format_eps(self.eps), "target": self.target, "norm": self.attack.norm}
@@ -249,7 +248,7 @@ def train(
     if adversary is not None and algo.train_step is not None:
         raise MrbenchError(f"{algo.id} has its own training step, so adversarial meta-training cannot attack its batches.",
                            "Adversarial training works for algorithms that use the harness's default step.")
-    if adversary is not None and adversary.target not in ("query", "support"):
+    if adversary is not None and adversary.target not in ADVERSARIAL_TRAINING_TARGETS:
         raise MrbenchError(f"--adv-target {adversary.target!r} is not supported.", "Use query or support.")
     key = cfg.key() if init_ref is None else digest([cfg.key(), init_ref["sha256"]])
 

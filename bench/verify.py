@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import AttackCell, ShiftCell, parse
 
 CROSS_PLATFORM_TOLERANCE = 2
 """Queries an attacked episode's correct count may differ by when the entry was computed on
@@ -90,49 +91,14 @@ class VerifyResult:
                             "evaluation of the published checkpoint.")
 
 
-def parse_scenario_name(name: str) -> dict[str, Any]:
-    """The parts of a scenario name written before schema 3 (which lacks ``scenarios``):
-    ``ATTACK[k=v]...@EPS:TARGET``, ``ensemble@EPS:TARGET`` or ``SHIFT@SEVERITY``."""
-    from bench.attacks import parse_eps
+def _scenarios(entry: Any) -> tuple[list[ShiftCell], list[AttackCell]]:
+    """The shifts and attack cells that re-create the entry's scenarios (ensembles follow from them).
 
-    head, at, tail = name.rpartition("@")
-    if not at:
-        raise MrbenchError(f"Cannot read scenario {name!r}.", "Scenario names are ATTACK@EPS:TARGET or SHIFT@SEVERITY.")
-    if ":" in tail:
-        eps, _, target = tail.rpartition(":")
-        attack, _, opts = head.partition("[")
-        options = []
-        for part in ("[" + opts).split("]") if opts else []:
-            part = part.lstrip("[")
-            if part:
-                k, _, v = part.partition("=")
-                try:
-                    options.append((k, json.loads(v)))
-                except json.JSONDecodeError:
-                    options.append((k, v))
-        kind = "ensemble" if attack == "ensemble" else "attack"
-        return {"kind": kind, "id": attack, "eps": parse_eps(eps), "target": target, "options": tuple(options)}
-    return {"kind": "shift", "id": head, "severity": int(tail)}
-
-
-def _scenarios(entry: Any) -> tuple[list[tuple[str, int]], list[Any]]:
-    """The shifts and attack cells that re-create the entry's scenarios (ensembles follow from them)."""
-    from bench.attacks import AttackScenario
-
-    shifts, attacks = [], []
-    for name in entry.metrics:
-        if name == "clean":
-            continue
-        part = parse_scenario_name(name)
-        if part["kind"] == "shift":
-            shifts.append((part["id"], part["severity"]))
-        elif part["kind"] == "attack":
-            cell = AttackScenario(part["id"], part["eps"], part["target"], part["options"])
-            if cell.name != name:
-                raise MrbenchError(f"Scenario {name!r} does not round-trip (read back as {cell.name!r}).",
-                                   "The entry's scenario names were edited.")
-            attacks.append(cell)
-    return shifts, attacks
+    :raises MrbenchError: a ``metrics`` key that is not a scenario name as mrbench writes it
+        (the entry's scenario names were edited).
+    """
+    cells = [parse(name) for name in entry.metrics]
+    return ([c for c in cells if isinstance(c, ShiftCell)], [c for c in cells if isinstance(c, AttackCell)])
 
 
 def _check_components(entry: Any, registry: Any) -> None:
@@ -147,7 +113,7 @@ def _check_components(entry: Any, registry: Any) -> None:
                                f"version {info.version}.", "Install the plugin version the entry records "
                                f"({info.provider} {info.provider_version}).")
         if info.kind == "attack" and info.options is not None:
-            here = cls(dict(parse_scenario_name(name)["options"])).options.model_dump(mode="json")
+            here = cls(dict(parse(name).options)).options.model_dump(mode="json")
             if here != info.options:
                 raise MrbenchError(f"Scenario {name}: attack {info.id!r} now resolves to options {here}, the entry "
                                    f"used {info.options}.", "Its defaults changed without a version bump; install "

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import bench.evaluation as evaluate_mod
-from bench.attacks import AttackScenario
+from bench.protocol.scenarios import AttackCell
 from bench.checkpoint import load_final
 from bench.cli import main
 from bench.errors import MrbenchError
@@ -19,8 +19,8 @@ from bench.results.schema import ResultEntry
 from bench.training import Adversary, train
 
 EPS = 16 / 255
-CELLS = [AttackScenario("fgsm", EPS, "query"), AttackScenario("pgd-linf", EPS, "query", (("steps", 3),)),
-         AttackScenario("pgd-linf", EPS, "support", (("steps", 3),)), AttackScenario("pgd-linf", 8 / 255, "query", (("steps", 3),))]
+CELLS = [AttackCell("fgsm", EPS, "query"), AttackCell("pgd-linf", EPS, "query", (("steps", 3),)),
+         AttackCell("pgd-linf", EPS, "support", (("steps", 3),)), AttackCell("pgd-linf", 8 / 255, "query", (("steps", 3),))]
 
 
 @pytest.fixture
@@ -115,11 +115,11 @@ def test_bad_shards_are_refused(tmp_path, tiny_suite, ckpt):
 
 def test_attack_errors_name_the_problem(tmp_path, tiny_suite, ckpt):
     with pytest.raises(MrbenchError, match="at least 4 ways"):
-        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("apgd-t", EPS, "query")])
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackCell("apgd-t", EPS, "query")])
     with pytest.raises(MrbenchError, match="cannot attack the support"):
-        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("square", EPS, "support")])
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackCell("square", EPS, "support")])
     with pytest.raises(MrbenchError, match="pgd-linf"):
-        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackScenario("pgd-lnf", EPS, "query")])
+        evaluate(None, tiny_suite, ckpt, device="cpu", attacks=[AttackCell("pgd-lnf", EPS, "query")])
 
 
 @pytest.mark.parametrize("target", ["query", "support"])
@@ -236,7 +236,7 @@ def test_poisoning_ensemble_rows_take_the_worst_member_per_episode(tmp_path, tin
         return ok
 
     monkeypatch.setattr(evaluate_mod, "run_attack", fake)
-    cells = [AttackScenario("fgsm", EPS, target), AttackScenario("pgd-linf", EPS, target, (("steps", 2),))]
+    cells = [AttackCell("fgsm", EPS, target), AttackCell("pgd-linf", EPS, target, (("steps", 2),))]
     e = evaluate(None, tiny_suite, ckpt, out=tmp_path / "r.json", device="cpu", attacks=cells, n_episodes=6,
                  sanity=False)
     per = pd.read_csv(tmp_path / "r.episodes.csv").pivot(index="episode", columns="scenario", values="correct")
@@ -259,7 +259,7 @@ def test_cli_runs_the_poisoning_ensemble_sharded_on_the_support_and_both(tmp_pat
     assert set(ref) == {"clean", "apgd-ensemble[n_target_classes=1][steps=3]@16/255:support",
                         "apgd-ensemble[n_target_classes=1][steps=3]@16/255:both"}
     evaluate_args = dict(device="cpu", n_episodes=4, chunk_episodes=2, sanity=False,
-                         attacks=[AttackScenario("apgd-ensemble", EPS, t, (("n_target_classes", 1), ("steps", 3)))
+                         attacks=[AttackCell("apgd-ensemble", EPS, t, (("n_target_classes", 1), ("steps", 3)))
                                   for t in ("support", "both")])
     assert evaluate(None, tiny_suite, ckpt, out=out, shard=(1, 2), **evaluate_args) is None
     e = evaluate(None, tiny_suite, ckpt, out=out, shard=(0, 2), **evaluate_args)

@@ -51,8 +51,8 @@ def test_grid_file_and_cells(tmp_path, tiny_suite):
 @pytest.mark.parametrize("text, message", [
     (GRID.replace('algorithms = ["protonet", "anil"]', 'algorithms = ["protonet", "anill"]'), "Unknown algorithm 'anill'"),
     (GRID.replace('"gaussian-noise:3"', '"gaussian-nois:3"'), "Unknown shift 'gaussian-nois'"),
-    (GRID.replace('"gaussian-noise:3"', '"gaussian-noise:high"'), "write <shift>:<severity>"),
-    (GRID.replace('"gaussian-noise:3"', '"square@8/255:support"'), "cannot attack 'support'"),
+    (GRID.replace('"gaussian-noise:3"', '"gaussian-noise:high"'), "Grid scenario 'gaussian-noise:high': severity 'high' is not an integer"),
+    (GRID.replace('"gaussian-noise:3"', '"square@8/255:support"'), "Grid scenario 'square@8/255:support': Attack 'square' cannot attack the support"),
     (GRID.replace("[evaluate]", "[evaluation]"), "unknown field\\(s\\) evaluation"),
     (GRID.replace('suites = ["tiny-glyphs"]', ""), "missing field 'suites'"),
 ])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.errors import MrbenchError
-from bench.report import parse_scenario, write_report
+from bench.report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE_ENTRY = ROOT / "leaderboards" / "omniglot-5w1s" / "v1" / "entries" / "maml-omniglot-5w1s.json"
@@ -321,17 +321,10 @@ def test_errors_name_the_file(tmp_path: Path, base: dict) -> None:
     assert not (tmp_path / "out").exists()  # nothing written before the entries are checked
 
 
-def test_parse_scenario() -> None:
-    assert parse_scenario("clean").kind == "clean"
-    s = parse_scenario("gaussian-noise@3")
-    assert (s.kind, s.id, s.severity) == ("shift", "gaussian-noise", 3)
-    s = parse_scenario("pgd-linf[steps=40]@8/255:support")
-    assert (s.kind, s.id, s.eps_name, s.target) == ("attack", "pgd-linf[steps=40]", "8/255", "support")
-    assert s.eps == pytest.approx(8 / 255)
-    s = parse_scenario("ensemble@0.5:both")
-    assert (s.kind, s.eps, s.target) == ("ensemble", 0.5, "both")
-    assert parse_scenario("pgd-linf@lots:query").kind == "other"
-    assert parse_scenario("weird").kind == "other"
+def test_names_that_are_no_scenario_are_listed_not_shown(tmp_path: Path, base: dict) -> None:
+    odd = make(base, metrics={"weird": m(0.5), "pgd-linf@lots:query": m(0.4), "gaussian-noise@3": m(0.7)})
+    md = write_report([save(tmp_path, "odd.json", odd)], tmp_path / "out").markdown.read_text()
+    assert "scenarios this report does not know (not shown): `weird`, `pgd-linf@lots:query`." in md
 
 
 def test_real_attack_entry(tmp_path: Path) -> None:

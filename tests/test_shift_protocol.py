@@ -9,8 +9,9 @@ import pytest
 
 from bench.errors import MrbenchError
 from bench.evaluation import evaluate
+from bench.protocol.scenarios import ShiftCell, shift_grid
 from bench.results.schema import validate_entry
-from bench.suites import get_suite, shift_grid
+from bench.suites import get_suite
 from bench.training import train
 
 
@@ -160,8 +161,9 @@ def test_suite_shift_grid_and_cli(tmp_path, tiny_suite, protonet_ckpt, monkeypat
     root = tmp_path / "more"
     _write_suite(root, "glyphs-grid", 3, 1)
     monkeypatch.setenv("MRBENCH_SUITES", os.environ["MRBENCH_SUITES"] + os.pathsep + str(root))
-    assert shift_grid(get_suite("glyphs-grid")) == [("contrast", 2), ("contrast", 4), ("pixelate", 2),
-                                                    ("pixelate", 4), ("label-noise", 2)]
+    assert shift_grid(get_suite("glyphs-grid")) == [ShiftCell("contrast", 2), ShiftCell("contrast", 4),
+                                                    ShiftCell("pixelate", 2), ShiftCell("pixelate", 4),
+                                                    ShiftCell("label-noise", 2)]
     with pytest.raises(MrbenchError, match="declares no shift grid"):
         shift_grid(get_suite(tiny_suite))
     rc = main(["evaluate", "protonet", "--suite", "glyphs-grid", "--checkpoint", str(protonet_ckpt),

@@ -20,7 +20,7 @@ import torch
 
 import bench
 from bench import zoo
-from bench.attacks import AttackScenario
+from bench.protocol.scenarios import AttackCell
 from bench.checkpoint import load_final, weights_sha256
 from bench.cli import main
 from bench.errors import MrbenchError
@@ -31,8 +31,8 @@ from bench.training import train
 from bench.verify import verify_entry
 
 EPS = 16 / 255
-CELLS = [AttackScenario("fgsm", EPS, "query"), AttackScenario("pgd-linf", EPS, "query", (("steps", 2),)),
-         AttackScenario("pgd-linf", EPS, "support", (("steps", 2),))]
+CELLS = [AttackCell("fgsm", EPS, "query"), AttackCell("pgd-linf", EPS, "query", (("steps", 2),)),
+         AttackCell("pgd-linf", EPS, "support", (("steps", 2),))]
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import Target
 
 SCHEMA_VERSION = 3
 """The version :func:`build_entry` writes."""
@@ -211,7 +212,7 @@ class ScenarioInfo(_Strict):
     options: dict[str, Any] | None = None
     eps: NonNegFloat | None = None
     norm: str | None = None
-    target: Literal["query", "support", "both"] | None = None
+    target: Target | None = None
     severity: int | None = None
     members: list[str] | None = None
     provider: str | None = None

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from bench.components import Algorithm, Attack, Episode, EpisodeSpec
 from bench.errors import MrbenchError, OptionsError
+from bench.protocol.scenarios import NORMS, PERTURBED, TARGETS, perturbs
 from bench.testing._common import KEBAB, ContractError, global_rng_consumed, same_episode, scrambled_global_rngs
 
 if TYPE_CHECKING:
@@ -118,8 +119,6 @@ def check_attack_metadata(attack: Attack) -> None:
     """A kebab-case ``id``, a known ``norm``, ``targets`` a non-empty subset of
     ``query``/``support``/``both``, ``min_way`` >= 2, a boolean ``gradient_free`` and
     options that serialise into result entries."""
-    from bench.attacks import NORMS, TARGETS
-
     problems = []
     if not KEBAB.fullmatch(str(attack.id)):
         problems.append(f"id {attack.id!r} is not kebab-case")
@@ -187,14 +186,14 @@ def check_attack_deterministic(attack: Attack) -> None:
 def check_attack_honours_its_targets(attack: Attack) -> None:
     """Each declared target changes that part of the episode and nothing else (the rest
     bit-identical); the harness refuses every target the attack does not declare."""
-    from bench.attacks import TARGETS, run_attack
+    from bench.attacks import run_attack
 
     victim, clean, eps = _setup(attack)
     for target in attack.targets:
         adv = _perturb(attack, victim, clean, eps, target)
         changed = {name for name, a, c in (("x_support", adv.x_support, clean.x_support),
                                            ("x_query", adv.x_query, clean.x_query)) if not torch.equal(a, c)}
-        allowed = {"query": {"x_query"}, "support": {"x_support"}, "both": {"x_support", "x_query"}}[target]
+        allowed = PERTURBED[target]
         if changed - allowed:
             raise ContractError(f"Attack {attack.id!r} (target={target}) changed {', '.join(sorted(changed - allowed))}, "
                                 f"which target {target!r} does not cover; return that part unchanged")
@@ -216,7 +215,7 @@ def reference_fgsm(victim: Any, episodes: Episode, eps: float, norm: str, target
     the support: the signed gradient (Linf, FGSM) or the normalised one (L2), clipped to
     [0, 1]. What :func:`check_attack_at_least_as_strong_as_fgsm` compares with."""
     xs, ys, xq, yq = episodes.tensors()
-    parts = {"x_support": target in ("support", "both"), "x_query": target in ("query", "both")}
+    parts = dict(zip(("x_support", "x_query"), perturbs(target)))
     leaves = {k: (xs if k == "x_support" else xq).clone().requires_grad_(True) for k, on in parts.items() if on}
     with torch.enable_grad():
         logits = victim.logits(leaves.get("x_support", xs), ys, leaves.get("x_query", xq))

@@ -16,6 +16,7 @@ import torch
 
 from bench.components import Episode, EpisodeSpec, Shift
 from bench.errors import OptionsError
+from bench.protocol.scenarios import TARGETS
 from bench.testing._common import (
     KEBAB, ContractError, global_rng_consumed, random_episodes, same_episode, scrambled_global_rngs,
 )
@@ -25,7 +26,6 @@ SHIFT_SPEC = EpisodeSpec(n_way=4, k_shot=2, n_query=2, image_shape=(1, 28, 28))
 have something to change."""
 
 CATEGORIES = ("corruption", "support", "other")
-TARGETS = ("query", "support", "both")
 
 
 def shift_episodes(dtype: torch.dtype = torch.float32, n_episodes: int = 3, seed: int = 0) -> Episode:

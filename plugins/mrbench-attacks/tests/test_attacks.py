@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.attacks import (
-    AttackScenario, Victim, format_eps, parse_eps, run_attack, sanity_checks,
-)
+from bench.attacks import Victim, run_attack, sanity_checks
 from bench.components import Algorithm, Attack, Episode, EpisodeSpec
 from bench.errors import MrbenchError
 from bench.execution import Execution
 from bench.plugins import get_registry
+from bench.protocol.scenarios import AttackCell, format_eps, parse_eps
 from bench.testing import attack_contract_tests
 from mrbench_attacks.attacks import ATTACKS, CWL2, FGSM, PGDL2, PGDLinf
 
@@ -75,8 +74,8 @@ def test_eps_parsing_and_names():
     assert parse_eps("16/255") == pytest.approx(16 / 255)
     assert parse_eps("0.5") == 0.5 and parse_eps(0.25) == 0.25
     assert format_eps(16 / 255) == "16/255" and format_eps(0.5) == "0.5"
-    assert AttackScenario("pgd-linf", 16 / 255, "query").name == "pgd-linf@16/255:query"
-    assert AttackScenario("pgd-linf", 8 / 255, "support", (("steps", 40),)).name == "pgd-linf[steps=40]@8/255:support"
+    assert AttackCell("pgd-linf", 16 / 255, "query").name == "pgd-linf@16/255:query"
+    assert AttackCell("pgd-linf", 8 / 255, "support", (("steps", 40),)).name == "pgd-linf[steps=40]@8/255:support"
     with pytest.raises(MrbenchError, match="16/255"):
         parse_eps("sixteen")
 
