@@ -20,6 +20,7 @@ from bench.cli import main
 from bench.errors import MrbenchError
 from bench.evaluation import mean_ci95
 from bench.stats import paired_t_test, t_two_sided_p
+from bench.suites import read_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = REPO / "leaderboards" / "omniglot-5w1s" / "v1"
@@ -312,7 +313,7 @@ def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable
     """An entry on the suite's ensemble subset (its first ``n`` episodes) of the checkpoint of entry ``model``."""
     def edit(e: dict[str, Any]) -> None:
         e["suite"]["n_episodes"] = n
-        e["suite"]["manifest_sha256"] = sha or lb.ensemble_subset(lb.read_suite(SUITE_DIR / "suite.toml")).manifest_sha256
+        e["suite"]["manifest_sha256"] = sha or lb.ensemble_subset(read_suite(SUITE_DIR / "suite.toml")).manifest_sha256
         e["checkpoint"]["sha256"] = hashlib.sha256(model.encode()).hexdigest()
     return edit
 
