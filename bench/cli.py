@@ -499,7 +499,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 0
     if args.lb_cmd == "withdraw":
         path = leaderboard.withdraw(args.suite, args.entries, args.reason, args.recreate or "", args.name, args.root)
-        c.print(f"{leaderboard._display(path)} written: {len(args.entries)} entr{'y' if len(args.entries) == 1 else 'ies'} withdrawn; "
+        c.print(f"{leaderboard.display_path(path)} written: {len(args.entries)} entr{'y' if len(args.entries) == 1 else 'ies'} withdrawn; "
                 "run `mrbench leaderboard build` and commit the notice with the tables", highlight=False)
         return 0
     if args.lb_cmd == "build":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import csv
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -19,6 +20,7 @@ from bench.cli import main
 from bench.errors import MrbenchError
 from bench.results import schema
 from bench.results.stats import mean_ci95, paired_t_test, t_two_sided_p
+from bench.suites import read_suite
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE_DIR = REPO / "leaderboards" / "omniglot-5w1s" / "v1"
@@ -311,7 +313,7 @@ def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable
     """An entry on the suite's ensemble subset (its first ``n`` episodes) of the checkpoint of entry ``model``."""
     def edit(e: dict[str, Any]) -> None:
         e["suite"]["n_episodes"] = n
-        e["suite"]["manifest_sha256"] = sha or lb.ensemble_subset(lb.read_suite(SUITE_DIR / "suite.toml")).manifest_sha256
+        e["suite"]["manifest_sha256"] = sha or lb.ensemble_subset(read_suite(SUITE_DIR / "suite.toml")).manifest_sha256
         e["checkpoint"]["sha256"] = hashlib.sha256(model.encode()).hexdigest()
     return edit
 
@@ -613,6 +615,35 @@ def test_cli_leaderboard_commands(root, capsys):
     err = capsys.readouterr().err
     _one_paragraph(err)
     assert "protonet-tied.json: metrics.clean.accuracy: Input should be a valid number" in err
+
+
+def test_a_column_is_defined_once_and_every_output_shows_it(root, monkeypatch):
+    # bench/leaderboard/columns.py: a Column carries its header, value, format and
+    # alignment, and table.csv, table.md, table.html and the terminal take it from the layouts.
+    from rich.console import Console
+
+    from bench.leaderboard import columns, csv as lb_csv, html as lb_html, markdown as lb_md, terminal as lb_term
+
+    wall = columns.Column("wall_time", "Wall time (s)", lambda v: v.entry.wall_time_s, fmt=lambda s: f"{s:.1f}",
+                          numeric=True, csv="wall_time_s", label="wall s")
+    monkeypatch.setattr(lb_csv, "CSV", columns.CSV + (wall,))
+    monkeypatch.setattr(lb_md, "MARKDOWN", columns.MARKDOWN + (wall,))
+    monkeypatch.setattr(lb_term, "TERMINAL", columns.TERMINAL + (wall,))
+    monkeypatch.setattr(lb_html, "html_columns", lambda rows: columns.html_columns(rows) + (wall,))
+    board = lb.find_board("omniglot-5w1s", root)
+    want = [f"{r.entry.entry.wall_time_s:.1f}" for r in lb.rank(board)]
+    files = lb.render(board)
+
+    assert [r["wall_time_s"] for r in csv.DictReader(io.StringIO(files["table.csv"]))] == want
+    md = files["table.md"].splitlines()
+    head = md.index(next(line for line in md if line.startswith("| Rank |")))
+    assert md[head].endswith("| Wall time (s) |") and md[head + 1].endswith("---|---:|")
+    assert [line.removesuffix(" |").rsplit(" | ", 1)[1] for line in md[head + 2:head + 2 + len(want)]] == want
+    assert files["table.html"].count('data-column="wall_time"') == 1
+    assert [f'<td class="num">{w}</td>' in files["table.html"] for w in want] == [True] * len(want)
+    out = io.StringIO()
+    lb.show("omniglot-5w1s", root, console=Console(file=out, width=300, color_system=None))
+    assert "wall s" in out.getvalue() and all(w in out.getvalue() for w in want)
 
 
 # --- what evaluate() writes goes on a leaderboard as is ------------------------------------

@@ -4,16 +4,18 @@ page in headless Chromium (marker ``browser``): rows, sorting, the plot, a scree
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
+import tomllib
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from bench import leaderboard as lb
-from bench.leaderboard_html import _axis
-from test_leaderboard import SUITE_DIR, _base_counts, _base_entry, _check_fails, _tied, _worse, write_entry, zoo  # noqa: F401 (zoo: autouse fixture)
+from bench.leaderboard.plot import axis
+from test_leaderboard import REPO, SUITE_DIR, _base_counts, _base_entry, _check_fails, _tied, _worse, write_entry, zoo  # noqa: F401 (zoo: autouse fixture)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -169,7 +171,18 @@ def test_check_reports_stale_and_missing_pages(site):
     ([0.0, 100.0], (0.0, 100.0, 20.0)),
 ])
 def test_plot_axis_ends_on_steps_within_0_100(values, expected):
-    assert _axis(values) == expected
+    assert axis(values) == expected
+
+
+def test_the_page_template_css_and_script_are_package_data():
+    # An installed mrbench (not an editable checkout) builds the same pages only if
+    # bench/leaderboard/static/ ships with it.
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["bench"]
+    assets = sorted((REPO / "bench" / "leaderboard" / "static").iterdir())
+    assert {p.name for p in assets} == {"page.html", "leaderboard.css", "sort.js"}
+    for path in assets:
+        rel = path.relative_to(REPO / "bench").as_posix()
+        assert any(fnmatch.fnmatchcase(rel, p) and rel.count("/") == p.count("/") for p in patterns), rel
 
 
 # --- in a browser ------------------------------------------------------------------

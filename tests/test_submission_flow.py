@@ -117,7 +117,7 @@ def clone(tmp_path, monkeypatch):
     pinned = text.replace('split = "meta-test"\n',
                           f'split = "meta-test"\nrevision = "{split.revision}"\nmanifest_sha256 = "{manifest.sha256()}"\n')
     (folder / "suite.toml").write_text(pinned)
-    for module in ("bench.suites", "bench.leaderboard"):
+    for module in ("bench.suites", "bench.leaderboard.board"):
         monkeypatch.setattr(f"{module}.suites_dirs", lambda: [root / "leaderboards"])
     monkeypatch.delenv("MRBENCH_SUITES", raising=False)
     monkeypatch.chdir(root)
