@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
-from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
+from bench.execution import (Execution, channels_last_params, episode_blocks, episodes_per_graph, for_algorithm,
+                             map_episodes, unbind_episodes)
 
 if TYPE_CHECKING:
     from bench.components import Attack
@@ -139,6 +140,11 @@ class Victim:
             self.params = channels_last_params(self.params, self.execution)
         self.n_way = int(n_way)
         self.train = train
+        # Per-episode states (adapt, predict) and the training-time adaptation (which need
+        # not be vmap-safe) run one episode at a time on every plan; ``logits`` of the
+        # evaluation-time learner follows the plan.
+        self._per_episode = replace(self.execution, strategy="loop")
+        self._batched = self._per_episode if train else self.execution
 
     @property
     def device(self) -> torch.device:
@@ -148,28 +154,30 @@ class Victim:
     def transductive(self) -> bool:
         return bool(self.algorithm.transductive)
 
-    def _img(self, x: Tensor) -> Tensor:
-        return to_channels_last(x) if self.execution.channels_last else x
+    def _adapt_one(self, xs: Tensor, ys: Tensor) -> Any:
+        return self.algorithm.adapt(self.params, xs, ys, n_way=self.n_way, train=self.train)
+
+    def _predict_one(self, state: Any, xq: Tensor) -> Tensor:
+        return self.algorithm.predict(self.params, state, xq)
+
+    def _logits_one(self, xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+        return self._predict_one(self._adapt_one(xs, ys), xq)
 
     def adapt(self, x_support: Tensor, y_support: Tensor) -> list[Any]:
-        """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable)."""
-        return [self.algorithm.adapt(self.params, self._img(x_support[e]), y_support[e], n_way=self.n_way,
-                                     train=self.train) for e in range(x_support.shape[0])]
+        """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable),
+        one per episode, adapted one episode at a time."""
+        return unbind_episodes(episode_blocks(self._adapt_one, self._per_episode, x_support, y_support))
 
     def predict(self, states: Sequence[Any], x_query: Tensor) -> Tensor:
-        """Query logits ``[E, Q, n_way]`` for the adapted ``states``."""
-        return torch.stack([self.algorithm.predict(self.params, s, self._img(x_query[e])) for e, s in enumerate(states)])
+        """Query logits ``[E, Q, n_way]`` for the adapted ``states`` (one episode at a time)."""
+        return map_episodes(self._predict_one, self._per_episode, list(states), x_query)
 
     def logits(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
         """Adapt then predict for a batch of episodes: ``[E, Q, n_way]``, differentiable
-        with respect to both ``x_support`` and ``x_query`` (through adaptation)."""
-        if self.execution.strategy == "vmap" and not self.train:
-            def one(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
-                state = self.algorithm.adapt(self.params, xs, ys, n_way=self.n_way, train=self.train)
-                return self.algorithm.predict(self.params, state, xq)
-
-            return torch.func.vmap(one)(x_support, y_support, x_query)
-        return self.predict(self.adapt(x_support, y_support), x_query)
+        with respect to both ``x_support`` and ``x_query`` (through adaptation). Runs as
+        the plan says (chunks of ``execution.chunk`` episodes under ``vmap``), except for
+        the training-time learner, which runs one episode at a time."""
+        return map_episodes(self._logits_one, self._batched, x_support, y_support, x_query)
 
     def query_module(self, x_support: Tensor, y_support: Tensor) -> "QueryModule":
         """An ``nn.Module`` over the queries of these episodes, adapted on this support."""
@@ -391,7 +399,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
             dq = _box(xq, dq, None, eps, norm)
         starts.append((ds, dq))
     if chunk is None:
-        chunk = 1 if victim.execution.strategy == "loop" else E
+        chunk = episodes_per_graph(victim.execution, E)
     chunk = max(1, chunk)
 
     def sl(t: Tensor | None, i: int) -> Tensor | None:
@@ -571,7 +579,7 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
             dq = _box(xq, random_in_ball(xq.shape, eps, "linf", generator, dev, dtype), None, eps, "linf") if do_q else None
             starts.append((t, ds, dq))
     if chunk is None:
-        chunk = 1 if victim.execution.strategy == "loop" else E
+        chunk = episodes_per_graph(victim.execution, E)
     chunk = max(1, chunk)
 
     def sl(v: Tensor | None, i: int) -> Tensor | None:
