@@ -47,7 +47,7 @@ class Execution:
 def for_algorithm(ex: Execution, algorithm: Algorithm) -> Execution:
     """``ex``, or its loop form for an algorithm that declares itself not ``vmap``-safe
     (:attr:`bench.components.Algorithm.vmap_unsafe`)."""
-    if ex.strategy == "vmap" and algorithm.vmap_unsafe:
+    if ex.strategy != "loop" and algorithm.vmap_unsafe:
         return replace(ex, strategy="loop")
     return ex
 
