@@ -24,7 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+<<<<<<< HEAD
 from dataclasses import dataclass, field
+=======
+import re
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+>>>>>>> r21-train
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -33,8 +39,13 @@ from torch import Tensor, nn
 
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
+<<<<<<< HEAD
 from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
 from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
+=======
+from bench.execution import (Execution, channels_last_params, episode_blocks, episodes_per_graph, for_algorithm,
+                             map_episodes, unbind_episodes)
+>>>>>>> r21-train
 
 if TYPE_CHECKING:
     from bench.components import Attack
@@ -86,6 +97,11 @@ class Victim:
             self.params = channels_last_params(self.params, self.execution)
         self.n_way = int(n_way)
         self.train = train
+        # Per-episode states (adapt, predict) and the training-time adaptation (which need
+        # not be vmap-safe) run one episode at a time on every plan; ``logits`` of the
+        # evaluation-time learner follows the plan.
+        self._per_episode = replace(self.execution, strategy="loop")
+        self._batched = self._per_episode if train else self.execution
 
     @property
     def device(self) -> torch.device:
@@ -95,28 +111,30 @@ class Victim:
     def transductive(self) -> bool:
         return bool(self.algorithm.transductive)
 
-    def _img(self, x: Tensor) -> Tensor:
-        return to_channels_last(x) if self.execution.channels_last else x
+    def _adapt_one(self, xs: Tensor, ys: Tensor) -> Any:
+        return self.algorithm.adapt(self.params, xs, ys, n_way=self.n_way, train=self.train)
+
+    def _predict_one(self, state: Any, xq: Tensor) -> Tensor:
+        return self.algorithm.predict(self.params, state, xq)
+
+    def _logits_one(self, xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
+        return self._predict_one(self._adapt_one(xs, ys), xq)
 
     def adapt(self, x_support: Tensor, y_support: Tensor) -> list[Any]:
-        """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable)."""
-        return [self.algorithm.adapt(self.params, self._img(x_support[e]), y_support[e], n_way=self.n_way,
-                                     train=self.train) for e in range(x_support.shape[0])]
+        """Adapted states of a batch of episodes ``[E, n_support, ...]`` (differentiable),
+        one per episode, adapted one episode at a time."""
+        return unbind_episodes(episode_blocks(self._adapt_one, self._per_episode, x_support, y_support))
 
     def predict(self, states: Sequence[Any], x_query: Tensor) -> Tensor:
-        """Query logits ``[E, Q, n_way]`` for the adapted ``states``."""
-        return torch.stack([self.algorithm.predict(self.params, s, self._img(x_query[e])) for e, s in enumerate(states)])
+        """Query logits ``[E, Q, n_way]`` for the adapted ``states`` (one episode at a time)."""
+        return map_episodes(self._predict_one, self._per_episode, list(states), x_query)
 
     def logits(self, x_support: Tensor, y_support: Tensor, x_query: Tensor) -> Tensor:
         """Adapt then predict for a batch of episodes: ``[E, Q, n_way]``, differentiable
-        with respect to both ``x_support`` and ``x_query`` (through adaptation)."""
-        if self.execution.strategy == "vmap" and not self.train:
-            def one(xs: Tensor, ys: Tensor, xq: Tensor) -> Tensor:
-                state = self.algorithm.adapt(self.params, xs, ys, n_way=self.n_way, train=self.train)
-                return self.algorithm.predict(self.params, state, xq)
-
-            return torch.func.vmap(one)(x_support, y_support, x_query)
-        return self.predict(self.adapt(x_support, y_support), x_query)
+        with respect to both ``x_support`` and ``x_query`` (through adaptation). Runs as
+        the plan says (chunks of ``execution.chunk`` episodes under ``vmap``), except for
+        the training-time learner, which runs one episode at a time."""
+        return map_episodes(self._logits_one, self._batched, x_support, y_support, x_query)
 
     def query_module(self, x_support: Tensor, y_support: Tensor) -> "QueryModule":
         """An ``nn.Module`` over the queries of these episodes, adapted on this support."""
@@ -338,7 +356,7 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
             dq = _box(xq, dq, None, eps, norm)
         starts.append((ds, dq))
     if chunk is None:
-        chunk = 1 if victim.execution.strategy == "loop" else E
+        chunk = episodes_per_graph(victim.execution, E)
     chunk = max(1, chunk)
 
     def sl(t: Tensor | None, i: int) -> Tensor | None:
@@ -518,7 +536,7 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
             dq = _box(xq, random_in_ball(xq.shape, eps, "linf", generator, dev, dtype), None, eps, "linf") if do_q else None
             starts.append((t, ds, dq))
     if chunk is None:
-        chunk = 1 if victim.execution.strategy == "loop" else E
+        chunk = episodes_per_graph(victim.execution, E)
     chunk = max(1, chunk)
 
     def sl(v: Tensor | None, i: int) -> Tensor | None:
@@ -534,54 +552,17 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
 
 def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | None, Tensor | None, Tensor | None]],
                 mask: Tensor | None, *, eps: float, target: str, steps: int, loss: str) -> Episode:
-    xs, ys, xq, yq = episodes.tensors()
-    dev, dtype = xs.device, xs.dtype
+    """APGD from the given starts (one per restart and target class) on one autograd graph
+    over ``episodes``; stops once every unit has every query wrong."""
     per_query = target == "query"
-    unit_shape = yq.shape if per_query else yq.shape[:1]
-
-    target_order = None
-    if loss == "targeted":
-        with torch.no_grad():
-            clean = victim.logits(xs, ys, xq)
-        target_order = clean.masked_fill(F.one_hot(yq, clean.shape[-1]).bool(), -math.inf).argsort(-1, descending=True)
-
-    best_s, best_q = xs.clone(), xq.clone()
-    best_wrong = torch.full(unit_shape, -1.0, device=dev)
-    best_loss = torch.full(unit_shape, -math.inf, device=dev)
-    n_all = float(yq.shape[-1]) if not per_query else 1.0
-
-    def evaluate(ds: Tensor | None, dq: Tensor | None, tc: Tensor | None,
-                 grad: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """Unit losses, unit wrong counts and (``grad``) the gradients w.r.t. ``ds``, ``dq``."""
-        leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None] if grad else []
-        with torch.enable_grad() if grad else torch.no_grad():
-            logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
-            lq = query_loss(logits, yq, loss, tc)
-            unit = lq if per_query else lq.sum(-1)
-            grads = list(torch.autograd.grad(unit.sum(), leaves)) if grad else []
-        wrong = (logits.detach().argmax(-1) != yq).to(dtype)
-        return unit.detach(), (wrong if per_query else wrong.sum(-1)), grads
-
-    def keep(ds: Tensor | None, dq: Tensor | None, unit: Tensor, wrong: Tensor) -> None:
-        # Ties on the wrong count go to the higher loss; the first restart's loss is not
-        # comparable with a targeted restart's, but a tie on damage is a tie either way.
-        better = (wrong > best_wrong) | ((wrong == best_wrong) & (unit > best_loss))
-        # A unit keeps its first all-wrong point: alone it would stop there (early exit), so
-        # the result does not depend on which other episodes share its chunk.
-        better &= best_wrong < n_all
-        best_wrong.copy_(torch.where(better, wrong, best_wrong))
-        best_loss.copy_(torch.where(better, unit, best_loss))
-        sel = better.view(*better.shape, 1, 1, 1) if per_query else better.view(-1, 1, 1, 1, 1)
-        if ds is not None:
-            best_s.copy_(torch.where(sel, xs + ds, best_s))
-        if dq is not None:
-            best_q.copy_(torch.where(sel, xq + dq, best_q))
-
+    target_order = _apgd_target_order(victim, episodes) if loss == "targeted" else None
+    best = _ApgdBest.start(episodes, per_query)
     checkpoints = set(apgd_checkpoints(steps))
     for t, ds, dq in starts:
-        if bool((best_wrong >= n_all).all()):
+        if best.all_fooled():
             break
         tc = None if t is None or target_order is None else target_order[..., t]
+<<<<<<< HEAD
         unit, wrong, grads = evaluate(ds, dq, tc, True)
         ds, dq = (d.detach() if d is not None else None for d in (ds, dq))
         keep(ds, dq, unit, wrong)
@@ -654,6 +635,186 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
                     since = 0
     do_s, do_q = perturbs(target)
     return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
+=======
+        _apgd_run(victim, episodes, ds, dq, tc, mask, best, eps=eps, steps=steps, loss=loss, checkpoints=checkpoints)
+    return best.episode(target)
+
+
+def _apgd_target_order(victim: Victim, episodes: Episode) -> Tensor:
+    """The wrong classes of every query, most likely first under the clean episode
+    (``targeted``: run ``t`` pushes each query toward its ``t``-th)."""
+    xs, ys, xq, yq = episodes.tensors()
+    with torch.no_grad():
+        clean = victim.logits(xs, ys, xq)
+    return clean.masked_fill(F.one_hot(yq, clean.shape[-1]).bool(), -math.inf).argsort(-1, descending=True)
+
+
+def _apgd_run(victim: Victim, episodes: Episode, ds: Tensor | None, dq: Tensor | None, tc: Tensor | None,
+              mask: Tensor | None, best: "_ApgdBest", *, eps: float, steps: int, loss: str, checkpoints: set[int]) -> None:
+    """One APGD run from the start ``(ds, dq)``: momentum steps under the step-size
+    schedule, every iterate offered to ``best``."""
+    xs, xq = episodes.x_support, episodes.x_query
+    unit, wrong, grads = _apgd_evaluate(victim, episodes, ds, dq, tc, loss, best.per_query)
+    cur = [d.detach() if d is not None else None for d in (ds, dq)]
+    best.keep(cur[0], cur[1], unit, wrong)
+    schedule = _ApgdStepSize(unit, cur, grads, eps, xs.dtype)
+    prev = [c.clone() if c is not None else None for c in cur]
+    for i in range(steps):
+        with torch.no_grad():
+            nxt = _apgd_momentum_step(cur, prev, grads, schedule.eta, (xs, xq), (mask, None), eps,
+                                      momentum=0.75 if i > 0 else 1.0)
+        prev, cur = cur, nxt
+        unit, wrong, grads = _apgd_evaluate(victim, episodes, cur[0], cur[1], tc, loss, best.per_query)
+        cur = [c.detach() if c is not None else None for c in cur]
+        best.keep(cur[0], cur[1], unit, wrong)
+        if best.all_fooled():
+            break
+        with torch.no_grad():
+            schedule.record(unit, cur, grads)
+            if i + 1 in checkpoints:
+                grads = schedule.at_checkpoint(cur, prev, grads)
+
+
+def _apgd_evaluate(victim: Victim, episodes: Episode, ds: Tensor | None, dq: Tensor | None, tc: Tensor | None,
+                   loss: str, per_query: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """Unit losses, unit wrong counts and the gradients of the summed loss with respect to
+    ``ds`` and ``dq`` (those that are not ``None``)."""
+    xs, ys, xq, yq = episodes.tensors()
+    leaves = [d.requires_grad_(True) for d in (ds, dq) if d is not None]
+    with torch.enable_grad():
+        logits = victim.logits(xs + ds if ds is not None else xs, ys, xq + dq if dq is not None else xq)
+        lq = query_loss(logits, yq, loss, tc)
+        unit = lq if per_query else lq.sum(-1)
+        grads = list(torch.autograd.grad(unit.sum(), leaves))
+    wrong = (logits.detach().argmax(-1) != yq).to(xs.dtype)
+    return unit.detach(), (wrong if per_query else wrong.sum(-1)), grads
+
+
+def _apgd_momentum_step(cur: list[Tensor | None], prev: list[Tensor | None], grads: list[Tensor], eta: Tensor,
+                        bases: tuple[Tensor, Tensor], masks: tuple[Tensor | None, None], eps: float, *,
+                        momentum: float) -> list[Tensor | None]:
+    """APGD's step: ``z`` = projected sign step of size ``eta`` from ``cur``, then the
+    projected momentum combination ``cur + a (z - cur) + (1 - a) (cur - prev)``."""
+    gi = iter(grads)
+    nxt: list[Tensor | None] = []
+    for c, p, x, m in zip(cur, prev, bases, masks):
+        if c is None:
+            nxt.append(None)
+            continue
+        g = next(gi)
+        z = _box(x, c + _per_unit(eta, g) * g.sign(), m, eps, "linf")
+        a = momentum
+        nxt.append(_box(x, c + a * (z - c) + (1 - a) * (c - p), m, eps, "linf"))
+    return nxt
+
+
+def _per_unit(v: Tensor, like: Tensor) -> Tensor:
+    """``v`` (one value per unit) viewed to broadcast over ``like``'s trailing dims."""
+    return v.view(*v.shape, *([1] * (like.dim() - v.dim())))
+
+
+class _ApgdStepSize:
+    """APGD's per-unit step size (``2 eps`` at first) and the schedule's state: the best
+    loss and its iterate and gradient, and the count of steps that raised the loss since
+    the last checkpoint. At a checkpoint a unit halves its step when fewer than 75% of
+    those steps raised the loss, or when it did not halve last time and its best loss
+    did not improve; it then restarts from its best iterate."""
+
+    def __init__(self, unit: Tensor, cur: list[Tensor | None], grads: list[Tensor], eps: float,
+                 dtype: torch.dtype) -> None:
+        self.eta = torch.full(unit.shape, 2.0 * eps, device=unit.device, dtype=dtype)
+        self.x_best = [c.clone() if c is not None else None for c in cur]
+        self.g_best = [g.clone() for g in grads]
+        self.loss_best, self.loss_prev = unit.clone(), unit.clone()
+        self.loss_at_check = unit.clone()
+        self.halved_at_check = torch.ones(unit.shape, dtype=torch.bool, device=unit.device)
+        self.n_up = torch.zeros(unit.shape, device=unit.device)
+        self.since = 0
+
+    def record(self, unit: Tensor, cur: list[Tensor | None], grads: list[Tensor]) -> None:
+        """Count a step that raised the loss; keep the iterate and gradient of a new best loss."""
+        self.n_up += (unit > self.loss_prev).to(self.n_up.dtype)
+        self.loss_prev = unit
+        up = unit > self.loss_best
+        for j, c in enumerate(cur):
+            if c is not None:
+                self.x_best[j] = torch.where(_per_unit(up, c), c, self.x_best[j])
+        present = [c for c in cur if c is not None]
+        self.g_best = [torch.where(_per_unit(up, c), g, gb) for c, g, gb in zip(present, grads, self.g_best)]
+        self.loss_best = torch.where(up, unit, self.loss_best)
+        self.since += 1
+
+    def at_checkpoint(self, cur: list[Tensor | None], prev: list[Tensor | None], grads: list[Tensor]) -> list[Tensor]:
+        """Halve the step of the units that oscillate or stall; those restart from their best
+        iterate (``cur`` and ``prev`` are updated in place, no momentum across the restart).
+        Returns the gradients to step with."""
+        oscillating = self.n_up < 0.75 * self.since
+        stalled = ~self.halved_at_check & (self.loss_at_check >= self.loss_best)
+        halve = oscillating | stalled
+        self.halved_at_check = halve
+        self.loss_at_check = self.loss_best.clone()
+        self.eta = torch.where(halve, self.eta / 2, self.eta)
+        new_grads = []
+        k = 0
+        for j, c in enumerate(cur):
+            if c is None:
+                continue
+            sel = _per_unit(halve, c)
+            cur[j] = torch.where(sel, self.x_best[j], c)
+            prev[j] = torch.where(sel, self.x_best[j], prev[j])
+            new_grads.append(torch.where(sel, self.g_best[k], grads[k]))
+            k += 1
+        self.n_up.zero_()
+        self.since = 0
+        return new_grads
+
+
+@dataclass
+class _ApgdBest:
+    """The most damaging iterate of every unit over all steps and restarts: the fewest
+    correct queries, then the highest loss. A unit keeps its first all-wrong point."""
+
+    episodes: Episode
+    per_query: bool
+    x_support: Tensor
+    x_query: Tensor
+    wrong: Tensor
+    loss: Tensor
+    n_all: float
+
+    @classmethod
+    def start(cls, episodes: Episode, per_query: bool) -> "_ApgdBest":
+        xs, yq = episodes.x_support, episodes.y_query
+        unit_shape = yq.shape if per_query else yq.shape[:1]
+        return cls(episodes, per_query, xs.clone(), episodes.x_query.clone(),
+                   torch.full(unit_shape, -1.0, device=xs.device), torch.full(unit_shape, -math.inf, device=xs.device),
+                   float(yq.shape[-1]) if not per_query else 1.0)
+
+    def all_fooled(self) -> bool:
+        return bool((self.wrong >= self.n_all).all())
+
+    def keep(self, ds: Tensor | None, dq: Tensor | None, unit: Tensor, wrong: Tensor) -> None:
+        """Keep ``(ds, dq)`` for the units it damages more."""
+        # Ties on the wrong count go to the higher loss; the first restart's loss is not
+        # comparable with a targeted restart's, but a tie on damage is a tie either way.
+        better = (wrong > self.wrong) | ((wrong == self.wrong) & (unit > self.loss))
+        # A unit keeps its first all-wrong point: alone it would stop there (early exit), so
+        # the result does not depend on which other episodes share its chunk.
+        better &= self.wrong < self.n_all
+        self.wrong.copy_(torch.where(better, wrong, self.wrong))
+        self.loss.copy_(torch.where(better, unit, self.loss))
+        sel = better.view(*better.shape, 1, 1, 1) if self.per_query else better.view(-1, 1, 1, 1, 1)
+        if ds is not None:
+            self.x_support.copy_(torch.where(sel, self.episodes.x_support + ds, self.x_support))
+        if dq is not None:
+            self.x_query.copy_(torch.where(sel, self.episodes.x_query + dq, self.x_query))
+
+    def episode(self, target: str) -> Episode:
+        """The episodes with the best iterates on the attacked parts."""
+        xs, ys, xq, yq = self.episodes.tensors()
+        return Episode(self.x_support if target in ("support", "both") else xs, ys,
+                       self.x_query if target in ("query", "both") else xq, yq)
+>>>>>>> r21-train
 
 
 def sign_search(victim: Victim, episodes: Episode, *, eps: float, target: str, queries: int,

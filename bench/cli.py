@@ -523,34 +523,36 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from bench import __version__
+def _common_args(sp: argparse.ArgumentParser) -> None:
+    """``--device``, ``--data-root`` and ``--quiet``."""
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when present")
+    sp.add_argument("--data-root", default=None, help="dataset root (default: $MRBENCH_DATA)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    p = _Parser(prog="mrbench", description="Robustness benchmark suite for few-shot meta-learning.")
-    p.add_argument("--version", action="version", version=f"mrbench {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: CUDA when present")
-        sp.add_argument("--data-root", default=None, help="dataset root (default: $MRBENCH_DATA)")
-        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+def _training_args(sp: argparse.ArgumentParser) -> None:
+    """The training options shared by ``train`` and ``run``."""
+    sp.add_argument("--seed", type=int, default=0, help="training seed: initial weights and episodes (default 0)")
+    sp.add_argument("--meta-batch", type=int, default=None, help="episodes per step (default: the algorithm's)")
+    sp.add_argument("--lr", type=float, default=None, help="outer Adam learning rate (default: the algorithm's)")
+    sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="algorithm option (repeatable)")
+    sp.add_argument("--val-every", type=int, default=0, metavar="N",
+                    help="log meta-val accuracy every N steps to CKPT.log.jsonl (default: never)")
 
-    def training(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--seed", type=int, default=0, help="training seed: initial weights and episodes (default 0)")
-        sp.add_argument("--meta-batch", type=int, default=None, help="episodes per step (default: the algorithm's)")
-        sp.add_argument("--lr", type=float, default=None, help="outer Adam learning rate (default: the algorithm's)")
-        sp.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="algorithm option (repeatable)")
-        sp.add_argument("--val-every", type=int, default=0, metavar="N",
-                        help="log meta-val accuracy every N steps to CKPT.log.jsonl (default: never)")
 
+def _add_plugins(sub: Any) -> None:
     sp = sub.add_parser("plugins", help="list plugins, their distributions and components")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_plugins)
 
+
+def _add_suites(sub: Any) -> None:
     sp = sub.add_parser("suites", help="list the versioned evaluation suites")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_suites)
 
+
+def _add_train(sub: Any) -> None:
     sp = sub.add_parser("train", help="meta-train an algorithm on a suite's meta-train split")
     sp.add_argument("algorithm", help="algorithm id (`mrbench plugins` lists them)")
     sp.add_argument("--suite", required=True, help="suite id, or id@vN (`mrbench suites` lists them)")
@@ -563,10 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="query = adversarial querying (default); support = poisoned support sets")
     sp.add_argument("--init-from", default=None, metavar="CKPT",
                     help="start from this checkpoint's weights (e.g. adversarial fine-tuning of a natural model)")
-    training(sp)
-    common(sp)
+    _training_args(sp)
+    _common_args(sp)
     sp.set_defaults(func=cmd_train)
 
+
+def _add_evaluate(sub: Any) -> None:
     sp = sub.add_parser("evaluate", help="evaluate a checkpoint (or every published model of a suite) on a suite's "
                         "fixed test episodes")
     sp.add_argument("algorithm", nargs="?", default=None, help="the checkpoint's algorithm id")
@@ -585,6 +589,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--on", choices=["test", "train"], default="test",
                     help="test: the suite's episodes (default); train: as many episodes of the suite's spec from "
                          "the meta-training classes (the meta-train vs meta-test gap; not a leaderboard entry)")
+    _attack_args(sp)
+    sp.add_argument("--shard", default=None, metavar="K/N",
+                    help="split a long evaluation over N processes (or machines sharing the --out folder): run the "
+                         "same command with --shard 0/N ... N-1/N; results equal an unsharded run's, and the last "
+                         "shard to finish writes the entry")
+    _common_args(sp)
+    sp.set_defaults(func=cmd_evaluate)
+
+
+def _attack_args(sp: argparse.ArgumentParser) -> None:
+    """``evaluate``'s attack grid and sanity-check options."""
     sp.add_argument("--attacks", default=None, metavar="A[,B...]|suite",
                     help="attacks to run (ID or ID[key=value,...]); 'suite' = the suite's default grid")
     sp.add_argument("--eps", default=None, metavar="E[,E...]", help="attack budgets, e.g. 4/255,8/255,16/255 "
@@ -594,18 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-sanity", action="store_true", help="skip the attack-strength sanity checks")
     sp.add_argument("--sanity-episodes", type=int, default=10, metavar="N",
                     help="episodes the sanity checks attack (default 10)")
-    sp.add_argument("--shard", default=None, metavar="K/N",
-                    help="split a long evaluation over N processes (or machines sharing the --out folder): run the "
-                         "same command with --shard 0/N ... N-1/N; results equal an unsharded run's, and the last "
-                         "shard to finish writes the entry")
-    common(sp)
-    sp.set_defaults(func=cmd_evaluate)
 
+
+def _add_report(sub: Any) -> None:
     sp = sub.add_parser("report", help="generalization report: Markdown summary and PNG plots of result entries")
     sp.add_argument("entries", nargs="+", metavar="RESULT.json")
     sp.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and the plots")
     sp.set_defaults(func=cmd_report)
 
+
+def _add_grid(sub: Any) -> None:
     sp = sub.add_parser("grid", help="run an algorithm x suite x seed x scenario grid (local or Ray)")
     sp.add_argument("grid", metavar="GRID.toml")
     sp.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -614,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="results folder (default: the grid file's `out`)")
     sp.set_defaults(func=cmd_grid)
 
+
+def _add_results(sub: Any) -> None:
     sp = sub.add_parser("results", help="a Markdown table (scenario x entry) of result entries")
     sp.add_argument("entries", nargs="+", metavar="RESULT.json")
     sp.add_argument("--out", default=None, help="write the table to this file (default: print it)")
@@ -626,10 +641,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "95%% CI, under the table; repeatable")
     sp.set_defaults(func=cmd_results)
 
+
+def _add_attacks(sub: Any) -> None:
     sp = sub.add_parser("attacks", help="list the attacks, their norms, targets and options")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=cmd_attacks)
 
+
+def _add_run(sub: Any) -> None:
     sp = sub.add_parser("run", help="the main job: train and evaluate (default: protonet on built-in glyphs)")
     sp.add_argument("--algorithm", default="protonet", help="algorithm id (default: protonet)")
     sp.add_argument("--suite", default="glyphs-5w1s", help="suite id, or id@vN (default: glyphs-5w1s, no files needed)")
@@ -637,15 +656,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--episodes", type=int, default=None,
                     help="evaluate on the suite's first N episodes only (default: all; not a leaderboard entry)")
     sp.add_argument("--out", default="mrbench-runs", help="output folder (default: ./mrbench-runs)")
-    training(sp)
-    common(sp)
+    _training_args(sp)
+    _common_args(sp)
     sp.set_defaults(func=cmd_run)
 
+
+def _add_checkpoint(sub: Any) -> None:
     sp = sub.add_parser("checkpoint", help="print checkpoints' file sha256 and weights sha256 (compare training runs)")
     sp.add_argument("checkpoints", nargs="+", metavar="CKPT.pt")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_checkpoint)
 
+
+def _add_zoo(sub: Any) -> None:
     sp = sub.add_parser("zoo", help="the checkpoint zoo: published models, by weights digest")
     zsub = sp.add_subparsers(dest="zoo_cmd", required=True, parser_class=_Parser)
     d = zsub.add_parser("list", help="published checkpoints: algorithm, options, suite, clean and best-known robust "
@@ -663,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--url", action="append", metavar="URL", help="where the tensors file will also be downloadable")
     sp.set_defaults(func=cmd_zoo)
 
+
+def _add_verify(sub: Any) -> None:
     sp = sub.add_parser("verify", help="re-run entries' episodes from their zoo checkpoints and compare them with the "
                         "published per-episode results")
     sp.add_argument("entries", nargs="*", metavar="ENTRY.json")
@@ -672,9 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all-episodes", action="store_true", help="every episode of each entry")
     sp.add_argument("--seed", type=int, default=0, help="which episodes are drawn (default 0)")
     sp.add_argument("--root", default=None, help="leaderboards folder (default: the repository's)")
-    common(sp)
+    _common_args(sp)
     sp.set_defaults(func=cmd_verify)
 
+
+def _add_data(sub: Any) -> None:
     sp = sub.add_parser("data", help="dataset archives: download or check")
     dsub = sp.add_subparsers(dest="data_cmd", required=True, parser_class=_Parser)
     d = dsub.add_parser("download", help="fetch the official archives (needs internet)")
@@ -686,6 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--option", action="append", metavar="KEY=VALUE")
     sp.set_defaults(func=cmd_data)
 
+
+def _add_leaderboard(sub: Any) -> None:
     sp = sub.add_parser("leaderboard", help="generate, check or show the leaderboard tables")
     lsub = sp.add_subparsers(dest="lb_cmd", required=True, parser_class=_Parser)
     root_help = "leaderboards folder (default: $MRBENCH_SUITES folders, then the repository's leaderboards/)"
@@ -707,6 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--root", default=None, help=root_help)
     sp.set_defaults(func=cmd_leaderboard)
 
+
+def _add_new_plugin(sub: Any) -> None:
     sp = sub.add_parser("new-plugin", help="generate a plugin distribution (entry point, working skeleton, contract "
                         "tests) for an algorithm, attack, shift or dataset")
     sp.add_argument("name", help="distribution name, kebab-case, e.g. mrbench-myalgo (the component id drops 'mrbench-')")
@@ -714,6 +745,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the component it registers (default: algorithm)")
     sp.add_argument("--dir", default=".", help="parent folder (default: the current one)")
     sp.set_defaults(func=cmd_new_plugin)
+
+
+SUBCOMMANDS = (_add_plugins, _add_suites, _add_train, _add_evaluate, _add_report, _add_grid, _add_results,
+               _add_attacks, _add_run, _add_checkpoint, _add_zoo, _add_verify, _add_data, _add_leaderboard,
+               _add_new_plugin)
+"""The subcommands in ``mrbench --help`` order: each function adds one subparser and its
+``cmd_*`` handler."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mrbench`` argument parser: one subparser per entry of :data:`SUBCOMMANDS`."""
+    from bench import __version__
+
+    p = _Parser(prog="mrbench", description="Robustness benchmark suite for few-shot meta-learning.")
+    p.add_argument("--version", action="version", version=f"mrbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 

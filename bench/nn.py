@@ -14,7 +14,9 @@ support set's, which makes query predictions independent of each other).
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator, Literal, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -186,38 +188,54 @@ def _transforms_active() -> bool:
     return True if probe is None else bool(probe())
 
 
-def _vmap_active() -> bool:
-    """Whether a ``torch.func.vmap`` level is active anywhere in the transform stack
-    (also inside ``grad``); ``True`` when that cannot be told (the safe answer)."""
-    if not _transforms_active():
-        return False
+BatchNormMode = Literal["fused", "native", "hand"]
+
+_FORCED_MODE: ContextVar[BatchNormMode | None] = ContextVar("bench.nn.batch_norm_mode", default=None)
+
+
+@contextmanager
+def batch_norm_mode(mode: BatchNormMode | None) -> Iterator[None]:
+    """Run :func:`conv_blocks`' batch norm in ``mode`` inside this block.
+
+    The execution plan passes it down: :func:`bench.execution.map_episodes` runs its
+    ``vmap`` calls under ``batch_norm_mode("hand")``, the one form that is exact under
+    ``vmap``. Code that calls ``torch.func.vmap`` over :func:`conv_blocks` itself must do
+    the same. Tests may force ``hand`` on a loop to compare it with ``vmap`` exactly.
+
+    :param mode: ``fused``, ``native`` or ``hand`` (see :func:`_bn_mode`); ``None``
+        restores the choice by what is being differentiated.
+    """
+    token = _FORCED_MODE.set(mode)
     try:
-        from torch._C._functorch import TransformType
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-    except ImportError:  # pragma: no cover - internal API moved
-        return True
-    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+        yield
+    finally:
+        _FORCED_MODE.reset(token)
 
 
-def _bn_mode() -> str:
-    """How :func:`conv_blocks` normalises, chosen per call from what is being differentiated.
+def _bn_mode() -> BatchNormMode:
+    """How :func:`conv_blocks` normalises: the mode set by :func:`batch_norm_mode`, else
+    chosen per call from what is being differentiated.
 
     - ``fused``: nothing is differentiated (no autograd, no transform): one native
       kernel, non-differentiable statistics.
     - ``native``: autograd or ``torch.func.grad``, but no ``vmap``: native batch-norm
       kernels (their fused backward and double backward), statistics from a separate
       differentiable two-pass reduction.
-    - ``hand``: under ``vmap``, where native batch norm gives wrong second-order
-      gradients (PERF-NOTES): the hand-written form, exact under every transform.
+    - ``hand``: under ``vmap`` (set by the execution plan), where native batch norm gives
+      wrong second-order gradients (what ``check_meta_gradient_batched_equals_loop`` in
+      :mod:`bench.testing` guards): the hand-written form, exact under every transform.
 
     All three agree to rounding, values and gradients (tested in float64); on the CPU the
-    native kernels are about 2x faster than the elementwise chain of the hand-written form.
-    With given statistics, ``fused`` and ``native`` fold the normalisation into the
-    convolution instead (:func:`fold_bn`).
+    native kernels are faster than the elementwise chain of the hand-written form
+    (benchmarks/results/cpu.md). With given statistics, ``fused`` and ``native`` fold the
+    normalisation into the convolution instead (:func:`fold_bn`).
     """
+    forced = _FORCED_MODE.get()
+    if forced is not None:
+        return forced
     if not torch.is_grad_enabled() and not _transforms_active():
         return "fused"
-    return "hand" if _vmap_active() else "native"
+    return "native"
 
 
 def _native_bn(h: Tensor, gamma: Tensor, beta: Tensor, stats: tuple[Tensor, Tensor] | None

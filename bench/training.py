@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from bench.checkpoint import atomic_save, load_final, load_partial, partial_path, save_final
-from bench.components import Algorithm, EpisodeSpec, ImageSplit
+from bench.components import Algorithm, Episode, EpisodeSpec, ImageSplit
 from bench.episodes import sample_batch
 from bench.errors import MrbenchError
-from bench.execution import Execution, for_algorithm, meta_loss_backward, pick_device, plan
+from bench.execution import Execution, for_algorithm, meta_loss_backward, pick_device, plan, predict_episodes
 from bench.progress import NullReporter, Reporter, sigterm_as_interrupt
 from bench.protocol.scenarios import ADVERSARIAL_TRAINING_TARGETS, format_eps
 from bench.provenance import digest, environment
+from bench.results.stats import mean_ci95
 from bench.suites import Suite, get_suite, load_data
 
 
@@ -139,6 +140,15 @@ def classifier_train_step(ctx: TrainContext, logits: Any) -> float:
 
 @dataclass
 class TrainResult:
+    """What :func:`train` returns.
+
+    :param checkpoint: the checkpoint written (or found complete).
+    :param sha256: its file digest.
+    :param meta: its metadata (``weights_sha256`` included).
+    :param resumed_from: the step the run resumed from (0: a fresh start).
+    :param already_done: the checkpoint was complete before the call.
+    """
+
     checkpoint: Path
     sha256: str
     meta: dict[str, Any]
@@ -208,12 +218,62 @@ def train(
         adversarial runs, in ``adversarial.init_from``).
     """
     algo, registry = _resolve(algorithm, options, registry)
-    suite = get_suite(suite) if isinstance(suite, str) else suite
-    reporter = reporter or NullReporter()
-    dev = pick_device(device)
-    ex = for_algorithm(execution or plan(dev), algo)
-    out = Path(out)
+    run = _plan(algo, get_suite(suite) if isinstance(suite, str) else suite, Path(out), steps=steps, seed=seed,
+                meta_batch=meta_batch, lr=lr, device=pick_device(device), execution=execution, adversary=adversary,
+                init_from=init_from)
+    done = _finished(run)
+    if done is not None:
+        return done
+    dataset = _initialise(run, registry, data_root, seed)
+    validation = _validation(run, dataset, data_root, val_episodes) if val_every else None
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    _resume(run)
+    _train_steps(run, reporter or NullReporter(), save_every_s, val_every, validation)
+    return _save(run)
 
+
+@dataclass
+class _Run:
+    """One training run: what its steps share (the plan, then the state that a resume
+    point holds)."""
+
+    algo: Algorithm
+    suite: Suite
+    out: Path
+    cfg: TrainConfig
+    key: str
+    spec: EpisodeSpec
+    steps: int
+    seed: int
+    device: torch.device
+    execution: Execution
+    adversary: Adversary | None
+    init_ref: dict[str, Any] | None
+    init_params: dict[str, torch.Tensor] | None
+    init_from: str | Path | None
+    split: ImageSplit | None = None
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: torch.optim.Optimizer | None = None
+    generator: torch.Generator | None = None
+    start: int = 0
+    elapsed: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def log_path(self) -> Path:
+        return self.out.with_name(self.out.name + ".log.jsonl")
+
+    def recent_loss(self) -> float:
+        """The mean loss of the last 50 steps (0 before the first)."""
+        recent = self.losses[-50:]
+        return sum(recent) / max(1, len(recent))
+
+
+def _plan(algo: Algorithm, suite: Suite, out: Path, *, steps: int | None, seed: int, meta_batch: int | None,
+          lr: float | None, device: torch.device, execution: Execution | None, adversary: Adversary | None,
+          init_from: str | Path | None) -> _Run:
+    """Resolve the defaults, check the arguments and derive the run's config and key."""
     d = algo.train_defaults(suite.spec)
     train_spec = EpisodeSpec(
         n_way=d.train_way or suite.spec.n_way,
@@ -224,16 +284,7 @@ def train(
     steps = int(steps if steps is not None else d.steps)
     if steps < 1:
         raise MrbenchError(f"--steps must be >= 1, got {steps}.")
-    init_params, init_ref = None, None
-    if init_from is not None:
-        from bench.zoo import is_zoo_ref, load_checkpoint
-
-        init_params, init_meta, init_ck = load_checkpoint(init_from if is_zoo_ref(init_from) else Path(init_from))
-        if init_meta["algorithm"]["id"] != algo.id:
-            raise MrbenchError(f"--init-from {init_from} holds a {init_meta['algorithm']['id']!r} checkpoint, not {algo.id!r}.",
-                               "Start from a checkpoint of the same algorithm.")
-        init_ref = {"file": init_ck["file"], "sha256": init_ck["sha256"], "steps": init_meta.get("steps"),
-                    "adversarial": init_meta.get("adversarial")}
+    init_params, init_ref = _load_init(algo, init_from) if init_from is not None else (None, None)
     adv_desc = adversary.describe() if adversary is not None else None
     if adv_desc is not None and init_ref is not None:
         adv_desc["init_from"] = init_ref
@@ -251,136 +302,185 @@ def train(
     if adversary is not None and adversary.target not in ADVERSARIAL_TRAINING_TARGETS:
         raise MrbenchError(f"--adv-target {adversary.target!r} is not supported.", "Use query or support.")
     key = cfg.key() if init_ref is None else digest([cfg.key(), init_ref["sha256"]])
+    return _Run(algo, suite, out, cfg, key, train_spec, steps, seed, device, for_algorithm(execution or plan(device), algo),
+                adversary, init_ref, init_params, init_from)
 
-    if out.exists():
-        _, meta, sha = load_final(out)
-        if meta.get("config_key") == key and meta.get("steps") == steps:
-            return TrainResult(out, sha, meta, already_done=True)
-        raise MrbenchError(
-            f"{out} already holds a checkpoint of a different training run "
-            f"({meta.get('algorithm', {}).get('id')} on {meta.get('suite')}, {meta.get('steps')} steps).",
-            "Pass another --out, or delete the file to train again.",
-        )
 
-    dataset, split = load_data(suite.train, registry, data_root)
-    split = split.to(dev)
+def _load_init(algo: Algorithm, init_from: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The weights of checkpoint ``init_from`` (same algorithm) and its reference for the
+    run's key and metadata."""
+    from bench.zoo import is_zoo_ref, load_checkpoint
+
+    init_params, init_meta, init_ck = load_checkpoint(init_from if is_zoo_ref(init_from) else Path(init_from))
+    if init_meta["algorithm"]["id"] != algo.id:
+        raise MrbenchError(f"--init-from {init_from} holds a {init_meta['algorithm']['id']!r} checkpoint, not {algo.id!r}.",
+                           "Start from a checkpoint of the same algorithm.")
+    init_ref = {"file": init_ck["file"], "sha256": init_ck["sha256"], "steps": init_meta.get("steps"),
+                "adversarial": init_meta.get("adversarial")}
+    return init_params, init_ref
+
+
+def _finished(run: _Run) -> TrainResult | None:
+    """The result of a run whose checkpoint is already complete; an error when ``out``
+    holds another run's checkpoint."""
+    if not run.out.exists():
+        return None
+    _, meta, sha = load_final(run.out)
+    if meta.get("config_key") == run.key and meta.get("steps") == run.steps:
+        return TrainResult(run.out, sha, meta, already_done=True)
+    raise MrbenchError(
+        f"{run.out} already holds a checkpoint of a different training run "
+        f"({meta.get('algorithm', {}).get('id')} on {meta.get('suite')}, {meta.get('steps')} steps).",
+        "Pass another --out, or delete the file to train again.",
+    )
+
+
+def _initialise(run: _Run, registry: Any, data_root: str | Path | None, seed: int) -> Any:
+    """Load the meta-train split; set the initial parameters, the optimizer and the
+    training generator. Returns the training dataset."""
+    dataset, split = load_data(run.suite.train, registry, data_root)
+    run.split = split.to(run.device)
     # init_for_training defaults to init; a resumed run overwrites these values from its partial file.
-    init = algo.init_for_training(suite.spec, torch.Generator().manual_seed(seed), split)
-    if init_params is not None:
-        missing = sorted(set(init) - set(init_params))
+    init = run.algo.init_for_training(run.suite.spec, torch.Generator().manual_seed(seed), run.split)
+    if run.init_params is not None:
+        missing = sorted(set(init) - set(run.init_params))
         if missing:
-            raise MrbenchError(f"--init-from {init_from} lacks parameters {', '.join(missing)}.",
+            raise MrbenchError(f"--init-from {run.init_from} lacks parameters {', '.join(missing)}.",
                                "It was trained with other options; pass the same -o options.")
-        init = {k: init_params[k].to(init[k].dtype) if k in init_params else v for k, v in init.items()}
-    params = {k: v.to(dev).requires_grad_(True) for k, v in init.items()}
-    optimizer = torch.optim.Adam(algo.param_groups(params), lr=cfg.lr)
-    gen = torch.Generator(device=dev).manual_seed(seed + 1)
-    start, elapsed, losses = 0, 0.0, []
+        init = {k: run.init_params[k].to(init[k].dtype) if k in run.init_params else v for k, v in init.items()}
+    run.params = {k: v.to(run.device).requires_grad_(True) for k, v in init.items()}
+    run.optimizer = torch.optim.Adam(run.algo.param_groups(run.params), lr=run.cfg.lr)
+    run.generator = torch.Generator(device=run.device).manual_seed(seed + 1)
+    return dataset
 
-    val = None
-    if val_every:
-        from bench.episodes import gather, make_manifest
-        from bench.execution import predict_episodes
 
-        if "meta-val" in getattr(dataset, "splits", ()):
-            vsplit = dataset.load("meta-val", data_root).to(dev)
-            vman = make_manifest(vsplit, suite.spec, val_episodes, seed=12345)
-            val = (vsplit, gather(vsplit, vman.to(dev)))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log_path = out.with_name(out.name + ".log.jsonl")
-    curve: list[dict[str, Any]] = []
+def _validation(run: _Run, dataset: Any, data_root: str | Path | None, val_episodes: int
+                ) -> tuple[ImageSplit, Episode] | None:
+    """The fixed validation episodes of the training dataset's ``meta-val`` split (test
+    spec), as ``(split, episodes)``; ``None`` when the dataset has no such split."""
+    from bench.episodes import gather, make_manifest
 
-    def validate(step: int, spent: float) -> None:
-        from bench.results.stats import mean_ci95
+    if "meta-val" not in getattr(dataset, "splits", ()):
+        return None
+    vsplit = dataset.load("meta-val", data_root).to(run.device)
+    vman = make_manifest(vsplit, run.suite.spec, val_episodes, seed=12345)
+    return vsplit, gather(vsplit, vman.to(run.device))
 
-        rec: dict[str, Any] = {"step": step, "elapsed_s": round(spent, 1), "loss": sum(losses[-50:]) / max(1, len(losses[-50:]))}
-        if val is not None:
-            logits = predict_episodes(algo, params, val[1], suite.spec.n_way, plan(dev))
-            acc, ci = mean_ci95(((logits.argmax(-1) == val[1].y_query).float().mean(-1)).tolist())
-            rec.update(val_accuracy=acc, val_ci95=ci)
-        curve.append(rec)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
 
-    partial = load_partial(out)
-    if partial is not None and partial.get("config_key") == key:
+def _validate(run: _Run, validation: tuple[ImageSplit, Episode] | None, step: int, spent: float) -> None:
+    """Log the recent loss (and the validation accuracy, when there are episodes) to
+    ``out.log.jsonl`` and the run's curve."""
+    rec: dict[str, Any] = {"step": step, "elapsed_s": round(spent, 1), "loss": run.recent_loss()}
+    if validation is not None:
+        episodes = validation[1]
+        logits = predict_episodes(run.algo, run.params, episodes, run.suite.spec.n_way, plan(run.device))
+        acc, ci = mean_ci95(((logits.argmax(-1) == episodes.y_query).float().mean(-1)).tolist())
+        rec.update(val_accuracy=acc, val_ci95=ci)
+    run.curve.append(rec)
+    with open(run.log_path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def _resume(run: _Run) -> None:
+    """Continue from ``out.partial`` when it holds this run (same key)."""
+    partial = load_partial(run.out)
+    if partial is not None and partial.get("config_key") == run.key:
         with torch.no_grad():
             for k, v in partial["params"].items():
-                params[k].copy_(v)
-        optimizer.load_state_dict(partial["optimizer"])
-        gen.set_state(partial["generator"])
-        start, elapsed = int(partial["step"]), float(partial["elapsed_s"])
-        losses = list(partial.get("losses", []))
-        curve = list(json.loads(partial.get("curve", "[]")))
-    if start > steps:
-        raise MrbenchError(f"{partial_path(out)} is at step {start}, past --steps {steps}.",
+                run.params[k].copy_(v)
+        run.optimizer.load_state_dict(partial["optimizer"])
+        run.generator.set_state(partial["generator"])
+        run.start, run.elapsed = int(partial["step"]), float(partial["elapsed_s"])
+        run.losses = list(partial.get("losses", []))
+        run.curve = list(json.loads(partial.get("curve", "[]")))
+    if run.start > run.steps:
+        raise MrbenchError(f"{partial_path(run.out)} is at step {run.start}, past --steps {run.steps}.",
                            "Ask for at least as many steps, or delete the resume file.")
 
-    def checkpoint_partial(step: int, spent: float, gen_state: torch.Tensor) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({"config_key": key, "step": step, "elapsed_s": spent, "losses": losses[-1000:],
-                     "params": {k: v.detach().cpu() for k, v in params.items()},
-                     "optimizer": optimizer.state_dict(), "generator": gen_state,
-                     "curve": json.dumps(curve)}, partial_path(out))
 
-    reporter.start(steps, f"train {algo.id} on {suite.id}", completed=start)
-    t0, last_save, step = time.perf_counter(), time.perf_counter(), start
-    gen_state = gen.get_state()
+def _save_partial(run: _Run, step: int, spent: float, gen_state: torch.Tensor) -> None:
+    """Write the resume point ``out.partial`` at ``step``."""
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"config_key": run.key, "step": step, "elapsed_s": spent, "losses": run.losses[-1000:],
+                 "params": {k: v.detach().cpu() for k, v in run.params.items()},
+                 "optimizer": run.optimizer.state_dict(), "generator": gen_state,
+                 "curve": json.dumps(run.curve)}, partial_path(run.out))
+
+
+def _train_steps(run: _Run, reporter: Reporter, save_every_s: float, val_every: int,
+                 validation: tuple[ImageSplit, Episode] | None) -> None:
+    """The outer steps from ``run.start``: each step, then validation and resume points
+    as due. An interrupt (Ctrl-C, SIGTERM) saves a resume point and raises."""
+    reporter.start(run.steps, f"train {run.algo.id} on {run.suite.id}", completed=run.start)
+    t0, last_save, step = time.perf_counter(), time.perf_counter(), run.start
+    gen_state = run.generator.get_state()
     with sigterm_as_interrupt():
         try:
-            while step < steps:
+            while step < run.steps:
                 # The stream position at the start of the step: an interrupted step is redone exactly.
-                gen_state = gen.get_state()
-                if cfg.lr_decay_every:
-                    for group in optimizer.param_groups:
-                        group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
-                ctx = TrainContext(algo, params, optimizer, split, train_spec, cfg.meta_batch, gen, ex, step, steps, adversary)
-                loss = algo.train_step(ctx) if algo.train_step is not None else default_train_step(ctx)
-                if not math.isfinite(loss):
-                    raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
-                                       "Lower the learning rate (--lr) or check the algorithm's options.")
-                step, gen_state = step + 1, gen.get_state()
-                losses.append(loss)
-                reporter.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
-                if val_every and (step % val_every == 0 or step == steps):
-                    validate(step, elapsed + time.perf_counter() - t0)
-                if time.perf_counter() - last_save > save_every_s and step < steps:
-                    checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen.get_state())
+                gen_state = run.generator.get_state()
+                loss = _one_step(run, step)
+                step, gen_state = step + 1, run.generator.get_state()
+                run.losses.append(loss)
+                reporter.advance(1, loss=sum(run.losses[-50:]) / len(run.losses[-50:]))
+                if val_every and (step % val_every == 0 or step == run.steps):
+                    _validate(run, validation, step, run.elapsed + time.perf_counter() - t0)
+                if time.perf_counter() - last_save > save_every_s and step < run.steps:
+                    _save_partial(run, step, run.elapsed + time.perf_counter() - t0, run.generator.get_state())
                     last_save = time.perf_counter()
         except KeyboardInterrupt:
-            checkpoint_partial(step, elapsed + time.perf_counter() - t0, gen_state)
+            _save_partial(run, step, run.elapsed + time.perf_counter() - t0, gen_state)
             reporter.stop()
-            raise MrbenchError(f"Interrupted at step {step}/{steps}; progress saved to {partial_path(out)}.",
+            raise MrbenchError(f"Interrupted at step {step}/{run.steps}; progress saved to {partial_path(run.out)}.",
                                "Run the same command again to resume.") from None
     reporter.stop()
-    wall = elapsed + time.perf_counter() - t0
+    run.elapsed += time.perf_counter() - t0
+
+
+def _one_step(run: _Run, step: int) -> float:
+    """Outer step ``step``: the decayed learning rate, then the algorithm's own training
+    step or the default one. Returns its loss (an error when it is not finite)."""
+    cfg = run.cfg
+    if cfg.lr_decay_every:
+        for group in run.optimizer.param_groups:
+            group["lr"] = cfg.lr * cfg.lr_decay ** (step // cfg.lr_decay_every)
+    ctx = TrainContext(run.algo, run.params, run.optimizer, run.split, run.spec, cfg.meta_batch, run.generator,
+                       run.execution, step, run.steps, run.adversary)
+    loss = run.algo.train_step(ctx) if run.algo.train_step is not None else default_train_step(ctx)
+    if not math.isfinite(loss):
+        raise MrbenchError(f"Training diverged at step {step} (loss {loss}).",
+                           "Lower the learning rate (--lr) or check the algorithm's options.")
+    return loss
+
+
+def _save(run: _Run) -> TrainResult:
+    """Write the final checkpoint with its metadata; remove the resume point."""
+    algo, cfg, ex = run.algo, run.cfg, run.execution
     meta = {
         "kind": "mrbench-checkpoint",
-        "config_key": key,
+        "config_key": run.key,
         "algorithm": {**algo.describe(), "transductive": bool(algo.transductive)},
-        "suite": suite.ref,
-        "train_data": {"dataset": suite.train.dataset, "options": suite.train.options, "split": suite.train.split,
-                       "revision": split.revision},
+        "suite": run.suite.ref,
+        "train_data": {"dataset": run.suite.train.dataset, "options": run.suite.train.options,
+                       "split": run.suite.train.split, "revision": run.split.revision},
         "train_spec": cfg.train_spec,
         "eval_spec": cfg.eval_spec,
-        "steps": steps,
-        "seed": seed,
+        "steps": run.steps,
+        "seed": run.seed,
         "meta_batch": cfg.meta_batch,
         "lr": cfg.lr,
         "lr_decay_every": cfg.lr_decay_every,
         "lr_decay": cfg.lr_decay,
-        "episodes_seen": steps * cfg.meta_batch,
-        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-        "wall_time_s": round(wall, 2),
+        "episodes_seen": run.steps * cfg.meta_batch,
+        "final_loss": run.recent_loss(),
+        "wall_time_s": round(run.elapsed, 2),
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
-        "environment": environment(dev),
+        "environment": environment(run.device),
         "adversarial": cfg.adversarial,
-        "init_from": init_ref,
-        "validation": curve,
+        "init_from": run.init_ref,
+        "validation": run.curve,
     }
-    sha = save_final(out, params, meta)
-    meta = load_final(out)[1]  # with weights_sha256
-    partial_path(out).unlink(missing_ok=True)
-    return TrainResult(out, sha, meta, resumed_from=start)
-
-
+    sha = save_final(run.out, run.params, meta)
+    meta = load_final(run.out)[1]  # with weights_sha256
+    partial_path(run.out).unlink(missing_ok=True)
+    return TrainResult(run.out, sha, meta, resumed_from=run.start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.execution import Execution, map_episodes
 from bench.nn import conv4, conv_blocks, cosine, init_conv4, pooled, sgd_steps
 
 
@@ -98,7 +99,7 @@ def _support_then_query(params, x, xq, pools=4):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("pools", [4, 2])
-def test_fused_inference_batch_norm_matches_the_hand_written_one(monkeypatch, channels_last, pools):
+def test_fused_inference_batch_norm_matches_the_hand_written_one(channels_last, pools):
     """Without autograd the backbone runs native batch norm (one kernel); it must give the
     same features and statistics as the hand-written form, both with the batch's own
     statistics and with given (support) statistics."""
@@ -108,8 +109,8 @@ def test_fused_inference_batch_norm_matches_the_hand_written_one(monkeypatch, ch
     with torch.no_grad():
         assert nn_mod._bn_mode() == "fused"
         out, out_q, stats = _support_then_query(params, x, xq, pools)
-        monkeypatch.setattr(nn_mod, "_bn_mode", lambda: "hand")
-        ref, ref_q, ref_stats = _support_then_query(params, x, xq, pools)
+        with nn_mod.batch_norm_mode("hand"):
+            ref, ref_q, ref_stats = _support_then_query(params, x, xq, pools)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out_q, ref_q, rtol=1e-9, atol=1e-9)
     for (m, v), (rm, rv) in zip(stats, ref_stats):
@@ -118,7 +119,7 @@ def test_fused_inference_batch_norm_matches_the_hand_written_one(monkeypatch, ch
 
 
 @pytest.mark.parametrize("query_stats", ["support", "own"])
-def test_native_batch_norm_gives_the_hand_written_second_order_gradients(monkeypatch, query_stats):
+def test_native_batch_norm_gives_the_hand_written_second_order_gradients(query_stats):
     """Under autograd and ``torch.func.grad`` (no vmap) the backbone runs native batch-norm
     kernels; a MAML-style second-order meta-gradient through an inner SGD step, and the
     input gradients attacks use, must equal the hand-written form's (float64)."""
@@ -143,16 +144,17 @@ def test_native_batch_norm_gives_the_hand_written_second_order_gradients(monkeyp
 
     assert nn_mod._bn_mode() == "native"
     native = meta_grads()
-    monkeypatch.setattr(nn_mod, "_bn_mode", lambda: "hand")
-    hand = meta_grads()
+    with nn_mod.batch_norm_mode("hand"):
+        hand = meta_grads()
     scale = max(float(g.abs().max()) for g in hand)
     for a, b in zip(native, hand):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10 * scale)
 
 
-def test_batch_norm_mode_follows_the_transforms():
-    """fused without autograd, native under autograd and grad, hand-written under vmap
-    (also vmap inside grad and grad inside vmap), so vmapped and looped predictions agree."""
+def test_batch_norm_mode_comes_from_the_plan():
+    """fused without autograd, native under autograd and grad, hand-written in the ``vmap``
+    calls of ``map_episodes`` (grad inside them too) and under ``batch_norm_mode``, so
+    vmapped and looped predictions agree."""
     import bench.nn as nn_mod
 
     seen = []
@@ -162,20 +164,25 @@ def test_batch_norm_mode_follows_the_transforms():
         return x.sum()
 
     x = torch.rand(3, 4)
+    vmap, loop = Execution("vmap", chunk=2), Execution("loop")
     with torch.no_grad():
         probe(x)
-        torch.func.vmap(probe)(x)
+        map_episodes(probe, vmap, x)  # two chunks
     probe(x)
     torch.func.grad(probe)(x)
-    torch.func.vmap(torch.func.grad(probe))(x)
-    torch.func.grad(lambda v: torch.func.vmap(probe)(v).sum())(x)
-    assert seen == ["fused", "hand", "native", "native", "hand", "hand"]
+    map_episodes(torch.func.grad(probe), vmap, x)
+    map_episodes(probe, loop, x)
+    with nn_mod.batch_norm_mode("hand"):
+        probe(x)
+    probe(x)
+    assert seen == ["fused", "hand", "hand", "native", "native", "hand", "hand", "native", "native", "native", "hand",
+                    "native"]
 
     params = init_conv4(torch.Generator().manual_seed(4))
     xe = torch.rand(3, 5, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        looped = torch.stack([conv4(params, e)[0] for e in xe])
-        batched = torch.func.vmap(lambda e: conv4(params, e)[0])(xe)
+        looped = map_episodes(lambda e: conv4(params, e)[0], loop, xe)
+        batched = map_episodes(lambda e: conv4(params, e)[0], vmap, xe)
     torch.testing.assert_close(batched, looped, rtol=1e-5, atol=1e-5)
 
 

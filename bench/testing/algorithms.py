@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from bench.components import Algorithm, EpisodeSpec, ImageSplit
 from bench.errors import OptionsError
-from bench.execution import Execution, meta_loss_backward
+from bench.execution import Execution, map_episodes, meta_loss_backward
 from bench.testing._common import KEBAB, SPEC, ContractError, init_params, random_episodes
 
 if TYPE_CHECKING:
@@ -127,7 +127,8 @@ def check_pure(algo: Algorithm) -> None:
 
 
 def check_vmap_matches_loop(algo: Algorithm) -> None:
-    """``torch.func.vmap`` over episodes gives the per-episode loop's logits.
+    """``torch.func.vmap`` over episodes (the harness's :func:`bench.execution.map_episodes`)
+    gives the per-episode loop's logits.
 
     An algorithm that declares why it is not ``vmap``-safe (``vmap_unsafe``) is run one
     episode at a time by the harness; for it, the check verifies that the harness's batched
@@ -147,8 +148,8 @@ def check_vmap_matches_loop(algo: Algorithm) -> None:
         victim = Victim(algo, params, SPEC.n_way, batched_plan)
         assert victim.execution.strategy == "loop", "the attacks' victim would vmap an algorithm that is not vmap-safe"
         return
-    batched = torch.func.vmap(lambda xs, ys, xq: algo.predict(params, algo.adapt(params, xs, ys, n_way=SPEC.n_way), xq))(
-        eps.x_support, eps.y_support, eps.x_query)
+    batched = map_episodes(lambda xs, ys, xq: algo.predict(params, algo.adapt(params, xs, ys, n_way=SPEC.n_way), xq),
+                           Execution("vmap", chunk=2), eps.x_support, eps.y_support, eps.x_query)
     torch.testing.assert_close(batched, loop, rtol=1e-9, atol=1e-10)
 
 

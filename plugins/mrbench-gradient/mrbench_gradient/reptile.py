@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor
 from bench.components import EpisodeSpec, Params, TrainDefaults
 from bench.episodes import sample_batch
 from bench.errors import MrbenchError
+from bench.execution import episode_blocks
 from bench.nn import AdamState, conv4, sgd_steps
 from mrbench_gradient.maml import MAML
 
@@ -161,25 +163,17 @@ class Reptile(MAML):
             phi, st = out if carried is not None else (out, None)
             return phi, F.cross_entropy(self._logits(phi, xe), ye), (st.m, st.v) if st is not None else ()
 
-        ex = ctx.execution
+        # Reptile's inner loop runs channels-first, whatever the plan's loop layout.
+        ex = replace(ctx.execution, channels_last=False)
         with torch.no_grad():
-            if ex.strategy == "vmap":
-                parts = [torch.func.vmap(one)(x[i : i + ex.chunk], y[i : i + ex.chunk], order[i : i + ex.chunk])
-                         for i in range(0, E, ex.chunk)]
-                phi_sum = {k: sum(p[k].sum(0) for p, _, _ in parts) for k in theta}
-                loss = sum(float(l.sum()) for _, l, _ in parts) / E
-                moments = ([({k: m[k][j] for k in theta}, {k: v[k][j] for k in theta})
-                            for _, _, (m, v) in parts for j in range(next(iter(m.values())).shape[0])]
-                           if carried is not None else [])
-            else:
-                phi_sum = {k: torch.zeros_like(v) for k, v in theta.items()}
-                loss = 0.0
-                moments = []
-                for e in range(E):
-                    phi, l, mv = one(x[e], y[e], order[e])
-                    phi_sum = {k: phi_sum[k] + phi[k] for k in theta}
-                    loss += float(l) / E
-                    moments.append(mv)
+            phi_sum = {k: torch.zeros_like(v) for k, v in theta.items()}
+            loss, moments = 0.0, []
+            for phi, losses, mv in episode_blocks(one, ex, x, y, order):
+                phi_sum = {k: phi_sum[k] + phi[k].sum(0) for k in theta}
+                loss += float(losses.sum()) / E
+                if carried is not None:
+                    moments += [({k: mv[0][k][j] for k in theta}, {k: mv[1][k][j] for k in theta})
+                                for j in range(losses.shape[0])]
             eps = self.outer_step_size(ctx.optimizer.param_groups[0]["lr"], ctx.step, ctx.steps)
             for k, p in net.items():
                 p.add_(phi_sum[k] / E - p, alpha=eps)

@@ -9,7 +9,7 @@ import torch
 
 from bench.errors import MrbenchError
 from bench.execution import Execution
-from bench.nn import AdamState
+from bench.nn import AdamState, batch_norm_mode
 from bench.testing import SPEC, algorithm_contract_tests, init_params, make_train_context, random_episodes
 from mrbench_gradient.reptile import Reptile
 
@@ -52,19 +52,17 @@ def test_train_step_is_deterministic_under_the_generator():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_vmap_and_loop_outer_steps_agree(monkeypatch):
+def test_vmap_and_loop_outer_steps_agree():
     # This checks Reptile's own batching (chunks, sums, mini-batch order). Both paths run
     # the hand-written batch norm here: the loop would otherwise use native kernels, whose
     # float32 rounding differs, and the inner Adam steps turn rounding-level gradient
     # differences (e.g. the conv biases' ~1e-9 noise) into visibly different weights.
     # That the two forms agree is tested in float64 (bench.nn tests and the contract).
-    import bench.nn
-
-    monkeypatch.setattr(bench.nn, "_bn_mode", lambda: "hand")
     algo = Reptile(inner_batch=4)
     loop = make_train_context(algo, meta_batch=3)
     vmap = dataclasses.replace(make_train_context(algo, meta_batch=3), execution=Execution("vmap", chunk=2))
-    loss_loop, loss_vmap = algo.train_step(loop), algo.train_step(vmap)
+    with batch_norm_mode("hand"):
+        loss_loop, loss_vmap = algo.train_step(loop), algo.train_step(vmap)
     assert loss_loop == pytest.approx(loss_vmap, rel=1e-5)
     for k in loop.params:
         # Conv biases feed batch-statistics BatchNorm, which removes them: their gradient is
@@ -154,13 +152,11 @@ def test_carry_needs_a_checkpoint_with_the_state():
         Reptile(inner_adam_state="carry").adapt(params, ep.x_support, ep.y_support, n_way=SPEC.n_way)
 
 
-def test_vmap_and_loop_outer_steps_agree_with_the_carried_state(monkeypatch):
-    import bench.nn
-
-    monkeypatch.setattr(bench.nn, "_bn_mode", lambda: "hand")
+def test_vmap_and_loop_outer_steps_agree_with_the_carried_state():
     algo = Reptile(inner_batch=4, inner_adam_state="carry")
     loop = make_train_context(algo, meta_batch=3)
     vmap = dataclasses.replace(make_train_context(algo, meta_batch=3), execution=Execution("vmap", chunk=2))
-    algo.train_step(loop), algo.train_step(vmap)
+    with batch_norm_mode("hand"):
+        algo.train_step(loop), algo.train_step(vmap)
     for k in ("inner_adam.v.head.weight", "inner_adam.v.backbone.conv1.weight", "inner_adam.t"):
         torch.testing.assert_close(vmap.params[k].detach(), loop.params[k].detach(), rtol=1e-4, atol=1e-9)
