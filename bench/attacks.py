@@ -24,13 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-<<<<<<< HEAD
-from dataclasses import dataclass, field
-=======
-import re
 from dataclasses import dataclass, field, replace
-from fractions import Fraction
->>>>>>> r21-train
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import torch
@@ -39,17 +33,12 @@ from torch import Tensor, nn
 
 from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
-<<<<<<< HEAD
-from bench.execution import Execution, channels_last_params, for_algorithm, to_channels_last
-from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
-=======
 from bench.execution import (Execution, channels_last_params, episode_blocks, episodes_per_graph, for_algorithm,
                              map_episodes, unbind_episodes)
->>>>>>> r21-train
+from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
 
 if TYPE_CHECKING:
     from bench.components import Attack
-
 
 def combine_ensemble(target: str, members: Sequence[Tensor]) -> Tensor:
     """Per-query correctness ``[E, Q]`` under an ensemble of attacks, from each member's.
@@ -562,80 +551,6 @@ def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | 
         if best.all_fooled():
             break
         tc = None if t is None or target_order is None else target_order[..., t]
-<<<<<<< HEAD
-        unit, wrong, grads = evaluate(ds, dq, tc, True)
-        ds, dq = (d.detach() if d is not None else None for d in (ds, dq))
-        keep(ds, dq, unit, wrong)
-        eta = torch.full(unit_shape, 2.0 * eps, device=dev, dtype=dtype)
-        x_best = [d.detach().clone() if d is not None else None for d in (ds, dq)]
-        g_best = [g.clone() for g in grads]
-        loss_best, loss_prev = unit.clone(), unit.clone()
-        loss_at_check = unit.clone()
-        halved_at_check = torch.ones(unit_shape, dtype=torch.bool, device=dev)
-        n_up = torch.zeros(unit_shape, device=dev)
-        since = 0
-        cur = [d.detach() if d is not None else None for d in (ds, dq)]
-        prev = [c.clone() if c is not None else None for c in cur]
-        for i in range(steps):
-            with torch.no_grad():
-                gi = iter(grads)
-                nxt = []
-                for c, p, x, m in zip(cur, prev, (xs, xq), (mask, None)):
-                    if c is None:
-                        nxt.append(None)
-                        continue
-                    g = next(gi)
-                    e = eta.view(*eta.shape, *([1] * (g.dim() - eta.dim())))
-                    z = _box(x, c + e * g.sign(), m, eps, "linf")
-                    a = 0.75 if i > 0 else 1.0
-                    nxt.append(_box(x, c + a * (z - c) + (1 - a) * (c - p), m, eps, "linf"))
-                prev, cur = cur, nxt
-            unit, wrong, grads = evaluate(cur[0], cur[1], tc, True)
-            cur = [c.detach() if c is not None else None for c in cur]
-            keep(cur[0], cur[1], unit, wrong)
-            if bool((best_wrong >= n_all).all()):
-                break
-            with torch.no_grad():
-                n_up += (unit > loss_prev).to(n_up.dtype)
-                loss_prev = unit
-                up = unit > loss_best
-                for j, c in enumerate(cur):
-                    if c is not None:
-                        sel = up.view(*up.shape, *([1] * (c.dim() - up.dim())))
-                        x_best[j] = torch.where(sel, c, x_best[j])
-                gi_best = []
-                k = 0
-                for c in cur:
-                    if c is not None:
-                        sel = up.view(*up.shape, *([1] * (c.dim() - up.dim())))
-                        gi_best.append(torch.where(sel, grads[k], g_best[k]))
-                        k += 1
-                g_best = gi_best
-                loss_best = torch.where(up, unit, loss_best)
-                since += 1
-                if i + 1 in checkpoints:
-                    oscillating = n_up < 0.75 * since
-                    stalled = ~halved_at_check & (loss_at_check >= loss_best)
-                    halve = oscillating | stalled
-                    halved_at_check = halve
-                    loss_at_check = loss_best.clone()
-                    eta = torch.where(halve, eta / 2, eta)
-                    k = 0
-                    new_grads = []
-                    for j, c in enumerate(cur):
-                        if c is None:
-                            continue
-                        sel = halve.view(*halve.shape, *([1] * (c.dim() - halve.dim())))
-                        cur[j] = torch.where(sel, x_best[j], c)
-                        prev[j] = torch.where(sel, x_best[j], prev[j])  # no momentum across a restart
-                        new_grads.append(torch.where(sel, g_best[k], grads[k]))
-                        k += 1
-                    grads = new_grads
-                    n_up.zero_()
-                    since = 0
-    do_s, do_q = perturbs(target)
-    return Episode(best_s if do_s else xs, ys, best_q if do_q else xq, yq)
-=======
         _apgd_run(victim, episodes, ds, dq, tc, mask, best, eps=eps, steps=steps, loss=loss, checkpoints=checkpoints)
     return best.episode(target)
 
@@ -812,9 +727,8 @@ class _ApgdBest:
     def episode(self, target: str) -> Episode:
         """The episodes with the best iterates on the attacked parts."""
         xs, ys, xq, yq = self.episodes.tensors()
-        return Episode(self.x_support if target in ("support", "both") else xs, ys,
-                       self.x_query if target in ("query", "both") else xq, yq)
->>>>>>> r21-train
+        do_s, do_q = perturbs(target)
+        return Episode(self.x_support if do_s else xs, ys, self.x_query if do_q else xq, yq)
 
 
 def sign_search(victim: Victim, episodes: Episode, *, eps: float, target: str, queries: int,
