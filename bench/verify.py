@@ -163,7 +163,7 @@ def verify_entry(path: str | Path, *, episodes: int | None = 3, seed: int = 0, d
     """
     from bench.evaluation import recompute
     from bench.execution import pick_device
-    from bench.leaderboard.board import Problems, _read_episodes
+    from bench.leaderboard.board import Problems, read_episodes
     from bench.plugins import get_registry
     from bench.results.schema import validate_entry
     from bench.suites import get_suite
@@ -182,7 +182,7 @@ def verify_entry(path: str | Path, *, episodes: int | None = 3, seed: int = 0, d
         raise MrbenchError(f"{path} names no per-episode file, so nothing can be compared.",
                            "Only entries written with --out carry per-episode results.")
     problems = Problems()
-    recorded = _read_episodes(path.with_name(entry.episodes_file), problems)
+    recorded = read_episodes(path.with_name(entry.episodes_file), problems)
     problems.raise_if_any(f"Reading {entry.episodes_file}")
     shifts, attacks = _scenarios(entry)
     _check_components(entry, registry)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
 
 from bench.cli import main
 
@@ -26,6 +27,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *needles: str) -> None
         assert needle in text, f"{needle!r} not in {text!r}"
 
 
+@pytest.mark.subprocess
 def test_plugins_json_lists_first_party_components():
     proc = run_cli("plugins", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -50,26 +52,31 @@ def test_suites_lists_the_standard_suites(capsys):
     assert {"glyphs-5w1s", "omniglot-5w1s", "omniglot-5w5s", "omniglot-lake-runs"} <= ids
 
 
+@pytest.mark.subprocess
 def test_unknown_algorithm_lists_the_known_ones(tmp_path):
     proc = run_cli("train", "protonett", "--suite", "glyphs-5w1s", "--out", str(tmp_path / "x.pt"))
     assert_clean_error(proc, "Unknown algorithm 'protonett'", "Did you mean 'protonet'?", "maml", "fomaml")
 
 
+@pytest.mark.subprocess
 def test_unknown_suite_lists_the_known_ones(tmp_path):
     proc = run_cli("train", "protonet", "--suite", "omniglot-5w1", "--out", str(tmp_path / "x.pt"))
     assert_clean_error(proc, "Unknown suite 'omniglot-5w1'", "omniglot-5w1s")
 
 
+@pytest.mark.subprocess
 def test_misspelled_algorithm_option(tmp_path):
     proc = run_cli("train", "maml", "--suite", "glyphs-5w1s", "--out", str(tmp_path / "x.pt"), "-o", "inner_lrr=0.1")
     assert_clean_error(proc, "inner_lrr", "Known options:", "inner_lr")
 
 
+@pytest.mark.subprocess
 def test_misspelled_flag():
     proc = run_cli("train", "protonet", "--suite", "glyphs-5w1s", "--stpes", "3", "--out", "x.pt")
     assert_clean_error(proc, "unrecognized arguments: --stpes", "--help")
 
 
+@pytest.mark.subprocess
 def test_missing_data_root(tmp_path):
     proc = run_cli("train", "protonet", "--suite", "omniglot-5w1s", "--steps", "1", "--out", str(tmp_path / "x.pt"),
                    env={"MRBENCH_DATA": str(tmp_path / "nowhere"), "MRBENCH_CACHE": str(tmp_path / "cache")})
@@ -77,6 +84,7 @@ def test_missing_data_root(tmp_path):
                        "mrbench data download omniglot")
 
 
+@pytest.mark.subprocess
 def test_truncated_archive_names_the_file(tmp_path):
     root = tmp_path / "data" / "omniglot"
     # A valid split file, so the archive is what fails.
@@ -94,6 +102,7 @@ def test_truncated_archive_names_the_file(tmp_path):
                        "truncated, corrupt", "mrbench data download omniglot")
 
 
+@pytest.mark.subprocess
 def test_unknown_shift_and_bad_severity(tmp_path, tiny_suite):
     proc = run_cli("evaluate", "protonet", "--suite", "glyphs-5w1s", "--checkpoint", "x.pt", "--out", "r.json",
                    "--shift", "gausian-noise:2")
@@ -103,6 +112,7 @@ def test_unknown_shift_and_bad_severity(tmp_path, tiny_suite):
     assert_clean_error(proc, "severity 'high' is not an integer")
 
 
+@pytest.mark.subprocess
 def test_missing_checkpoint(tmp_path):
     proc = run_cli("evaluate", "protonet", "--suite", "glyphs-5w1s", "--checkpoint", str(tmp_path / "none.pt"),
                    "--out", str(tmp_path / "r.json"))

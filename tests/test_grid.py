@@ -67,6 +67,7 @@ def _rows(results):
     return sorted((r.algorithm, r.seed, r.scenario, r.accuracy, r.ci95, r.result) for r in results)
 
 
+@pytest.mark.ray
 def test_local_and_ray_executors_agree_and_ray_survives_a_killed_worker(tmp_path, tiny_suite):
     pytest.importorskip("ray")
     g = _grid(tmp_path)

@@ -112,6 +112,7 @@ def test_new_plugin_refuses_an_unknown_kind_and_an_id_of_that_kind(tmp_path, cap
     assert main(["new-plugin", "mrbench-fgsm", "--kind", "shift", "--dir", str(tmp_path)]) == 0
 
 
+@pytest.mark.subprocess
 def test_the_package_root_exports_the_plugin_surface_lazily():
     import subprocess
 

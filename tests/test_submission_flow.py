@@ -250,11 +250,12 @@ def run_own_tests(src: Path, site: Path) -> subprocess.CompletedProcess:
 def passed(proc: subprocess.CompletedProcess) -> int:
     """The number of passed tests in a ``pytest -q`` summary line (fails on any other outcome)."""
     last = proc.stdout.strip().splitlines()[-1]
-    m = re.fullmatch(r"(\d+) passed in [\d.]+s", last)
+    m = re.fullmatch(r"(\d+) passed in [\d.]+s(?: \(\d+:\d\d:\d\d\))?", last)  # pytest adds (h:mm:ss) past a minute
     assert m, proc.stdout + proc.stderr
     return int(m.group(1))
 
 
+@pytest.mark.subprocess
 def test_example_plugin_passes_its_own_tests(example, tmp_path):
     # Through mrbench's pytest plugin (pytest11): one test per algorithm check, one per
     # attack check, one for the entry point.
@@ -264,6 +265,7 @@ def test_example_plugin_passes_its_own_tests(example, tmp_path):
 
 
 @pytest.mark.slow  # tests/test_scaffold.py checks every generated kind in-process
+@pytest.mark.subprocess
 def test_generated_plugin_passes_its_own_tests(tmp_path):
     assert main(["new-plugin", "mrbench-my-algo", "--dir", str(tmp_path)]) == 0
     src = tmp_path / "mrbench-my-algo"

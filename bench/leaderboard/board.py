@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.errors import MrbenchError
+from bench.protocol.scenarios import AttackCell, Ensemble, format_eps, parse
 from bench.results import episodes_file
 from bench.results.schema import ResultEntry, check_entry
 from bench.results.stats import mean_ci95
@@ -157,7 +158,7 @@ def board_folders(root: str | Path | None = None) -> list[Path]:
 # --- loading and checking entries -------------------------------------------
 
 
-def _read_episodes(path: Path, problems: Problems) -> episodes_file.Counts:
+def read_episodes(path: Path, problems: Problems) -> episodes_file.Counts:
     """Per-episode results ``scenario -> episode -> (correct, total)`` from an ``*.episodes.csv``,
     checked by :func:`bench.results.episodes_file.validate`; its problems go to ``problems``."""
     counts, found = episodes_file.validate(path)
@@ -175,7 +176,7 @@ def _check_against_episodes(entry: ResultEntry, path: Path, problems: Problems) 
         problems.add(path, "episodes_file", f"{entry.episodes_file} does not exist next to the entry")
         return {}
     before = len(problems.items)
-    rows = _read_episodes(ep_path, problems)
+    rows = read_episodes(ep_path, problems)
     if len(problems.items) > before:
         return {}
     for extra in sorted(set(rows) - set(entry.metrics)):
@@ -241,11 +242,13 @@ def is_ensemble_entry(entry: ResultEntry, suite: Suite) -> bool:
 
 def attack_cell(name: str) -> tuple[str, str] | None:
     """``(eps, target)`` of an attack scenario name ``ATTACK[opts]@EPS:TARGET``, else ``None``."""
-    if ":" not in name or "@" not in name:
+    try:
+        cell = parse(name)
+    except MrbenchError:
         return None
-    eps_target = name.rsplit("@", 1)[1]
-    eps, _, target = eps_target.rpartition(":")
-    return (eps, target) if eps and target in ("query", "support", "both") else None
+    if isinstance(cell, (AttackCell, Ensemble)):
+        return format_eps(cell.eps), cell.target
+    return None
 
 
 def _check_against_suite(entry: ResultEntry, suite: Suite, path: Path, problems: Problems) -> None:
