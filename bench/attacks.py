@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +58,7 @@ def combine_ensemble(target: str, members: Sequence[Tensor]) -> Tensor:
     stacked = torch.stack(list(members))  # [M, E, Q]
     if target == "query":
         return stacked.all(0)
-    if target not in TARGETS:
-        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+    _check_target(target)
     worst = stacked.sum(-1).argmin(0)  # [E]: first member with the fewest correct queries
     return stacked[worst, torch.arange(stacked.shape[1], device=stacked.device)]
 
@@ -327,32 +326,49 @@ def pgd(victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str
     """
     if loss not in ("ce", "margin", "cw", "dlr"):
         raise MrbenchError(f"pgd cannot ascend the loss {loss!r}.", "Use ce, margin, cw or dlr (targeted: apgd).")
-    if target not in TARGETS:
-        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
-    xs, xq = episodes.x_support, episodes.x_query
-    E = xs.shape[0]
-    dev, dtype = xs.device, xs.dtype
-    do_s, do_q = perturbs(target)
-    mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
+    _check_target(target)
+    xs = episodes.x_support
+    mask = support_mask(xs.shape, poison_fraction, generator, xs.device) if perturbs(target)[0] else None
     starts: list[tuple[Tensor | None, Tensor | None]] = []
     for _ in range(max(1, restarts)):
-        ds = dq = None
-        if do_s:
-            ds = random_in_ball(xs.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xs)
-            ds = _box(xs, ds, mask, eps, norm)
-        if do_q:
-            dq = random_in_ball(xq.shape, eps, norm, generator, dev, dtype) if random_start else torch.zeros_like(xq)
-            dq = _box(xq, dq, None, eps, norm)
-        starts.append((ds, dq))
-    if chunk is None:
-        chunk = episodes_per_graph(victim.execution, E)
-    chunk = max(1, chunk)
+        starts.append(_start(episodes, mask, target, eps, norm, generator, random=random_start))
+    return _by_graph(victim, episodes, starts, mask, chunk,
+                     lambda ep, st, m: _pgd_chunk(victim, ep, st, m, eps=eps, norm=norm, target=target, steps=steps,
+                                                  step_size=step_size, loss=loss))
 
-    def sl(t: Tensor | None, i: int) -> Tensor | None:
-        return None if t is None else t[i : i + chunk]
 
-    parts = [_pgd_chunk(victim, episodes[i : i + chunk], [(sl(ds, i), sl(dq, i)) for ds, dq in starts],
-                        sl(mask, i), eps=eps, norm=norm, target=target, steps=steps, step_size=step_size, loss=loss)
+def _check_target(target: str) -> None:
+    """A clear error for an unknown attack target."""
+    if target not in TARGETS:
+        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+
+
+def _start(episodes: Episode, mask: Tensor | None, target: str, eps: float, norm: str, generator: torch.Generator,
+           *, random: bool = True) -> tuple[Tensor | None, Tensor | None]:
+    """One start ``(support delta, query delta)`` of the perturbed parts (``None`` for the
+    others): uniform in the eps ball (``random``; support first, from ``generator``) or
+    zero, kept in [0, 1] and under the support mask."""
+    out: list[Tensor | None] = []
+    for x, m, perturbed in zip((episodes.x_support, episodes.x_query), (mask, None), perturbs(target)):
+        if not perturbed:
+            out.append(None)
+            continue
+        d = random_in_ball(x.shape, eps, norm, generator, x.device, x.dtype) if random else torch.zeros_like(x)
+        out.append(_box(x, d, m, eps, norm))
+    return out[0], out[1]
+
+
+def _by_graph(victim: Victim, episodes: Episode, starts: Sequence[tuple[Any, ...]], mask: Tensor | None,
+              chunk: int | None, run: Callable[[Episode, list[tuple[Any, ...]], Tensor | None], Episode]) -> Episode:
+    """``run`` on ``chunk`` episodes per autograd graph (default :func:`episodes_per_graph`),
+    each start's tensors and the mask sliced to them, and the results joined."""
+    E = episodes.x_support.shape[0]
+    chunk = max(1, episodes_per_graph(victim.execution, E) if chunk is None else chunk)
+
+    def sl(v: Any, i: int) -> Any:
+        return v[i : i + chunk] if isinstance(v, Tensor) else v
+
+    parts = [run(episodes[i : i + chunk], [tuple(sl(v, i) for v in st) for st in starts], sl(mask, i))
              for i in range(0, E, chunk)]
     if len(parts) == 1:
         return parts[0]
@@ -505,15 +521,11 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
     :param chunk: episodes per autograd graph (as in :func:`pgd`); the result does not
         depend on it.
     """
-    if target not in TARGETS:
-        raise MrbenchError(f"Unknown attack target {target!r}.", f"Targets: {', '.join(TARGETS)}.")
+    _check_target(target)
     if loss not in LOSSES:
         raise MrbenchError(f"Unknown attack loss {loss!r}.", f"Losses: {', '.join(LOSSES)}.")
-    xs, xq = episodes.x_support, episodes.x_query
-    E = xs.shape[0]
-    dev, dtype = xs.device, xs.dtype
-    do_s, do_q = perturbs(target)
-    mask = support_mask(xs.shape, poison_fraction, generator, dev) if do_s else None
+    xs = episodes.x_support
+    mask = support_mask(xs.shape, poison_fraction, generator, xs.device) if perturbs(target)[0] else None
     runs: list[int | None] = [None]
     if loss == "targeted":
         k = victim.n_way - 1 if n_target_classes is None else max(1, min(n_target_classes, victim.n_way - 1))
@@ -521,22 +533,9 @@ def apgd(victim: Victim, episodes: Episode, *, eps: float, target: str, steps: i
     starts: list[tuple[int | None, Tensor | None, Tensor | None]] = []
     for t in runs:
         for _ in range(max(1, restarts)):
-            ds = _box(xs, random_in_ball(xs.shape, eps, "linf", generator, dev, dtype), mask, eps, "linf") if do_s else None
-            dq = _box(xq, random_in_ball(xq.shape, eps, "linf", generator, dev, dtype), None, eps, "linf") if do_q else None
-            starts.append((t, ds, dq))
-    if chunk is None:
-        chunk = episodes_per_graph(victim.execution, E)
-    chunk = max(1, chunk)
-
-    def sl(v: Tensor | None, i: int) -> Tensor | None:
-        return None if v is None else v[i : i + chunk]
-
-    parts = [_apgd_chunk(victim, episodes[i : i + chunk], [(t, sl(ds, i), sl(dq, i)) for t, ds, dq in starts],
-                         sl(mask, i), eps=eps, target=target, steps=steps, loss=loss)
-             for i in range(0, E, chunk)]
-    if len(parts) == 1:
-        return parts[0]
-    return Episode(*(torch.cat(ts) for ts in zip(*(p.tensors() for p in parts))))
+            starts.append((t, *_start(episodes, mask, target, eps, "linf", generator)))
+    return _by_graph(victim, episodes, starts, mask, chunk,
+                     lambda ep, st, m: _apgd_chunk(victim, ep, st, m, eps=eps, target=target, steps=steps, loss=loss))
 
 
 def _apgd_chunk(victim: Victim, episodes: Episode, starts: Sequence[tuple[int | None, Tensor | None, Tensor | None]],
