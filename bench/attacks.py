@@ -35,6 +35,8 @@ from bench.components import Algorithm, Episode, Params
 from bench.errors import MrbenchError
 from bench.execution import (Execution, channels_last_params, episode_blocks, episodes_per_graph, for_algorithm,
                              map_episodes, unbind_episodes)
+from bench.protocol.sanity import DEFAULT as DEFAULT_REFERENCES
+from bench.protocol.sanity import SanityReferences
 from bench.protocol.scenarios import TARGETS, AttackCell, check_attack, format_eps, perturbs
 
 if TYPE_CHECKING:
@@ -885,33 +887,44 @@ pixel range: the support images can then be any images, and swapping them betwee
 classes alone leaves about 1% of the queries correct. Chance is no bar there: an attack
 that only makes every query predict one class scores exactly chance."""
 
-def poison_reference(steps: int) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    """The poisoning attack the sanity checks vet when the evaluation runs no
-    ``apgd-ensemble`` on the target: APGD on the per-query CW margin through adaptation,
-    with as many steps as the evaluation's PGD (at least 20)."""
-    return "apgd-margin", (("loss", "cw"), ("steps", max(20, steps)))
+def poison_reference(steps: int, refs: SanityReferences = DEFAULT_REFERENCES) -> tuple[str, tuple[tuple[str, Any], ...]]:
+    """The poisoning attack the sanity checks vet when the evaluation runs no poisoning
+    ensemble on the target: the suite's ``poison`` reference (by default APGD on the
+    per-query CW margin through adaptation), with as many steps as the evaluation's PGD
+    (at least 20)."""
+    return refs.poison_reference(steps)
 
 
 def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, norm: str, target: str,
                   steps: int, generator_seed: int,
-                  poison: tuple[str, Sequence[tuple[str, Any]]] | None = None) -> SanityResult:
-    """Attack-strength checks on a few episodes, with the first-party reference attacks.
+                  poison: tuple[str, Sequence[tuple[str, Any]]] | None = None,
+                  refs: SanityReferences = DEFAULT_REFERENCES) -> SanityResult:
+    """Attack-strength checks on a few episodes, with the reference attacks the suite
+    declares (``refs``, :class:`bench.protocol.sanity.SanityReferences`; PGD, FGSM and
+    Square by default):
 
-    - ``steps-monotone``: PGD with ``steps`` is at least as strong as with ``steps // 4``;
-    - ``pgd-vs-fgsm``: PGD is at least as strong as FGSM;
+    - ``steps-monotone``: PGD (the ``iterative`` reference) with ``steps`` is at least as
+      strong as with ``steps // 4``;
+    - ``pgd-vs-fgsm``: PGD is at least as strong as FGSM (the ``single_step`` reference,
+      where the suite declares one for the norm);
     - ``eps-monotone``: PGD at ``eps`` is at least as strong as at ``eps / 2``;
     - ``large-eps``: PGD at an eps that spans the whole pixel range brings accuracy near
       or below chance (``1/n_way + 0.1``);
-    - ``gradient-free`` (query target): Square (gradient-free) is not far stronger
-      than PGD (by more than 0.1), a sign of gradient masking.
+    - ``gradient-free`` (query target): Square (the ``gradient_free`` reference) is not
+      far stronger than PGD (by more than 0.1), a sign of gradient masking.
 
     For the poisoning targets (``support``, ``both``) also :func:`poisoning_checks` on
     the ``poison`` attack (``(id, options)``; default :func:`poison_reference`).
+    An unknown reference id is reported with the known attacks.
 
     Each failure is a reason to mark the result unreliable.
     """
     out = SanityResult()
-    pgd_id = "pgd-linf" if norm == "linf" else "pgd-l2"
+    pgd_id = refs.for_norm("iterative", norm)
+    if pgd_id is None:
+        raise MrbenchError(f"The suite declares no iterative sanity reference attack for the {norm} norm.",
+                           f"Add it to the suite's [attacks.sanity] table: iterative = {{ {norm} = \"<attack id>\" }}.")
+    fgsm_id, free_id = refs.for_norm("single_step", norm), refs.for_norm("gradient_free", norm)
     big = 1.0 if norm == "linf" else math.sqrt(episodes.x_query[0, 0].numel())
 
     def acc(attack_id: str, e: float, **opts: Any) -> float:
@@ -923,7 +936,7 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
     a_pgd = acc(pgd_id, eps, steps=steps)
     a_few = acc(pgd_id, eps, steps=max(1, steps // 4))
     a_half = acc(pgd_id, eps / 2, steps=steps)
-    a_fgsm = acc("fgsm", eps) if norm == "linf" else None
+    a_fgsm = acc(fgsm_id, eps) if fgsm_id is not None else None
     a_big = acc(pgd_id, big, steps=steps)
     chance = 1.0 / victim.n_way
     out.add("steps-monotone", a_pgd <= a_few + SANITY_TOL,
@@ -935,32 +948,33 @@ def sanity_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: floa
                 pgd=a_pgd, fgsm=a_fgsm)
     out.add("large-eps", a_big <= chance + 0.1,
             f"PGD at eps {big:.4g} (the whole pixel range): {a_big:.3f}, chance {chance:.3f}", pgd_large_eps=a_big)
-    if target == "query":
-        a_sq = acc("square", eps, n_queries=1000) if norm == "linf" else acc("square-l2", eps, n_queries=1000)
+    if target == "query" and free_id is not None:
+        a_sq = acc(free_id, eps, **dict(refs.gradient_free_options))
         out.add("gradient-free", a_sq >= a_pgd - 0.1,
                 f"Square (gradient-free) {a_sq:.3f} vs PGD {a_pgd:.3f}", square=a_sq, pgd=a_pgd)
     elif norm == "linf":
-        pid, popts = poison or poison_reference(steps)
+        pid, popts = poison or poison_reference(steps, refs)
         poisoning_checks(registry, victim, episodes, eps=eps, target=target, steps=steps, generator_seed=generator_seed,
-                         attack=pid, options=dict(popts), out=out)
+                         attack=pid, options=dict(popts), out=out, refs=refs)
     return out
 
 
 def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: float, target: str, steps: int,
                      generator_seed: int, attack: str, options: dict[str, Any],
-                     out: SanityResult | None = None) -> SanityResult:
+                     out: SanityResult | None = None, refs: SanityReferences = DEFAULT_REFERENCES) -> SanityResult:
     """Strength checks of a Linf poisoning attack (``support`` or ``both`` target) on a few
     episodes, each failure a reason to mark the result unreliable:
 
     - ``poison-vs-pgd``: on *every* episode it leaves no more queries correct than
-      PGD-``steps`` (cross-entropy, through adaptation);
+      PGD-``steps`` (the suite's Linf ``iterative`` reference: cross-entropy, through
+      adaptation);
     - ``poison-large-eps``: at eps 1 (the whole pixel range) accuracy is near zero
       (:data:`POISON_NEAR_ZERO`), not merely at chance;
     - ``poison-eps-monotone``: at ``eps`` it is at least as strong as at ``eps / 2``;
     - ``poison-steps-monotone``: with its ``steps`` it is at least as strong as with a
       quarter of them (when it has a ``steps`` option);
     - ``poison-gradient-free``: random search over the sign corners of the ball
-      (``sign-search``, gradient-free, ``min(1000, 50 * steps)`` model evaluations per
+      (the ``poison_gradient_free`` reference, ``sign-search`` by default, gradient-free, ``min(1000, 50 * steps)`` model evaluations per
       episode) is not far stronger (by more than 0.1), a sign of gradient masking
       through adaptation.
     """
@@ -973,7 +987,7 @@ def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: f
     total = float(episodes.y_query[0].numel())
     name = attack + "".join(f"[{k}={v}]" for k, v in sorted(options.items()))
     mine = correct(attack, eps, **options)
-    ref = correct("pgd-linf", eps, steps=steps)
+    ref = correct(refs.for_norm("iterative", "linf"), eps, steps=steps)
     a, a_pgd = float(mine.sum()) / (total * len(mine)), float(ref.sum()) / (total * len(ref))
     worse = (mine > ref).nonzero()[:, 0].tolist()
     out.add("poison-vs-pgd", not worse,
@@ -992,7 +1006,7 @@ def poisoning_checks(registry: Any, victim: Victim, episodes: Episode, *, eps: f
         a_few = float(correct(attack, eps, **{**options, "steps": n_steps // 4}).sum()) / (total * len(mine))
         out.add("poison-steps-monotone", a <= a_few + SANITY_TOL, f"{n_steps} steps {a:.3f} vs {n_steps // 4}: {a_few:.3f}",
                 poison=a, poison_few_steps=a_few)
-    a_rs = float(correct("sign-search", eps, n_queries=min(1000, 50 * steps)).sum()) / (total * len(mine))
+    a_rs = float(correct(refs.poison_gradient_free, eps, n_queries=min(1000, 50 * steps)).sum()) / (total * len(mine))
     out.add("poison-gradient-free", a_rs >= a - 0.1, f"sign-search (gradient-free) {a_rs:.3f} vs {name} {a:.3f}",
             sign_search=a_rs, poison=a)
     return out

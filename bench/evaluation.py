@@ -31,12 +31,8 @@ from bench.results import episodes_file
 from bench.results.schema import build_entry
 from bench.results.stats import mean_ci95
 from bench.run import resume
+from bench.protocol.sanity import sanity_references
 from bench.suites import Suite, get_suite
-
-POISON_ENSEMBLE = "apgd-ensemble"
-"""The poisoning ensemble (support, both): where an evaluation runs it, the poisoning
-sanity checks (:func:`bench.attacks.poisoning_checks`) vet it rather than the reference
-single attack."""
 
 
 @dataclass
@@ -288,9 +284,7 @@ def evaluate(algorithm: str | None, suite: str | Suite, checkpoint: str | Path, 
     _run_chunks(pl, progress, shard, reporter or NullReporter())
     if shard is not None and not progress.gather_shards(shard):
         return None  # the other shards' episodes are not all done yet, or one of them wrote the entry
-    checks, failures = (_sanity(pl.registry, pl.victim, pl.split, pl.manifest, pl.dev, pl.attack_cells, progress.done,
-                                pl.names, pl.n_episodes, sanity_episodes, pl.suite.seed)
-                        if run_sanity else ({}, []))
+    checks, failures = _sanity(pl, progress.done, sanity_episodes) if run_sanity else ({}, [])
     entry = _build_entry(pl, progress, checks, failures, run_key, sanity_episodes if run_sanity else None, on,
                          time.perf_counter() - started, episodes_file.episodes_path(out).name if out else None)
     if out is not None:
@@ -507,40 +501,41 @@ def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, s
     return Episode(*(torch.stack(ts) for ts in zip(*(ep.tensors() for ep in out))))
 
 
-def _sanity(registry: Any, victim: Any, split: Any, manifest: Any, dev: Any, attack_cells: list, done: dict,
-            names: list[str], E: int, n_sanity: int, seed: int) -> tuple[dict[str, Any], list[str]]:
-    """Sanity checks per attacked target (on the first episodes) plus eps monotonicity of the sweep."""
+def _sanity(pl: _Plan, done: dict, n_sanity: int) -> tuple[dict[str, Any], list[str]]:
+    """Sanity checks per attacked target (on the first ``n_sanity`` episodes, with the
+    reference attacks the suite declares) plus eps monotonicity of the sweep."""
+    refs = sanity_references(pl.suite.attacks, f"suite {pl.suite.ref}")
     metrics = {}
-    for name in names:
-        vals = [done[(name, e)] for e in range(E) if (name, e) in done]
+    for name in pl.names:
+        vals = [done[(name, e)] for e in range(pl.n_episodes) if (name, e) in done]
         metrics[name] = {"accuracy": sum(c for c, _ in vals) / max(1, sum(t for _, t in vals))}
     out: dict[str, Any] = {}
     failures: list[str] = []
     sweep = SanityResult()
-    monotone_in_eps(metrics, [sc for _, sc, _ in attack_cells], sweep)
+    monotone_in_eps(metrics, [sc for _, sc, _ in pl.attack_cells], sweep)
     if sweep.checks:
         out["sweep"] = sweep.checks
         failures += [f"sweep {f}" for f in sweep.failures]
-    ids = torch.arange(min(n_sanity, E))
-    episodes = gather(split, manifest[ids].to(dev))
+    ids = torch.arange(min(n_sanity, pl.n_episodes))
+    episodes = gather(pl.split, pl.manifest[ids].to(pl.dev))
     by_target: dict[str, Any] = {}
     poison: dict[str, tuple[str, tuple]] = {}  # target -> the evaluated poisoning ensemble, which the checks vet
-    for _, sc, atk in attack_cells:
+    for _, sc, atk in pl.attack_cells:
         if atk.gradient_free:
             continue
-        if sc.target != "query" and atk.id == POISON_ENSEMBLE:
+        if sc.target != "query" and atk.id == refs.poison_ensemble:
             poison[sc.target] = (atk.id, sc.options)
             continue
         cur = by_target.get(sc.target)
         if cur is None or sc.eps > cur[0]:
             steps = int(getattr(atk.options, "steps", 20))
             by_target[sc.target] = (sc.eps, atk.norm, max(steps, 4))
-    for _, sc, atk in attack_cells:  # an evaluation of the ensemble alone: PGD-20 is its reference
+    for _, sc, atk in pl.attack_cells:  # an evaluation of the ensemble alone: PGD-20 is its reference
         if sc.target in poison and sc.target not in by_target:
             by_target[sc.target] = (sc.eps, atk.norm, 20)
     for target, (eps, norm, steps) in sorted(by_target.items()):
-        res = sanity_checks(registry, victim, episodes, eps=eps, norm=norm, target=target, steps=steps,
-                            generator_seed=seed, poison=poison.get(target))
+        res = sanity_checks(pl.registry, pl.victim, episodes, eps=eps, norm=norm, target=target, steps=steps,
+                            generator_seed=pl.suite.seed, poison=poison.get(target), refs=refs)
         out[target] = {"episodes": int(ids.numel()), "eps": eps, "norm": norm, "checks": res.checks}
         failures += [f"{target} {f}" for f in res.failures]
     return out, failures

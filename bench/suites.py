@@ -52,7 +52,8 @@ class Suite:
         (``attacks``, ``eps``, ``targets``), its eps ``sweep``, and the ensemble with
         the fixed episode subset it runs on (``ensemble``, ``ensemble_episodes``), and the
         poisoning ensemble for the support and both targets run on that subset
-        (``poison_ensemble``).
+        (``poison_ensemble``), and the sanity checks' reference attacks (``sanity``,
+        :mod:`bench.protocol.sanity`).
     :param shifts: the ``[shifts]`` table: the suite's shift grid (``corruptions`` at
         every one of ``severities``, plus ``extra`` ``id@severity`` cells); see
         :func:`bench.protocol.scenarios.shift_grid`.
@@ -93,9 +94,12 @@ def read_suite(path: Path) -> Suite:
 
     :raises MrbenchError: the file is not a valid suite.
     """
+    from bench.protocol.sanity import sanity_references
+
     try:
         raw = tomllib.loads(path.read_text())
         ep = raw["episodes"]
+        sanity_references(raw.get("attacks"), str(path))  # a bad [attacks.sanity] fails here, not after a run
         return Suite(
             id=raw["id"],
             version=int(raw["version"]),

@@ -1,5 +1,7 @@
-"""What is measured: the scenario grammar (:mod:`bench.protocol.scenarios`).
+"""What is measured: the scenario grammar (:mod:`bench.protocol.scenarios`) and the
+reference attacks of the sanity checks as a suite declares them
+(:mod:`bench.protocol.sanity`).
 
-The frozen parts of the protocol live here; suites, episodes, the threat model and the
-sanity checks join them as the redesign of issue 21 proceeds.
+Suites (:mod:`bench.suites`), episodes (:mod:`bench.episodes`) and the execution plans
+(:mod:`bench.execution`) stay where plugins import them from (docs/plugin-utilities.md).
 """

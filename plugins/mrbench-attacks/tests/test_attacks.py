@@ -472,3 +472,73 @@ def test_poisoning_sanity_checks_pass_on_an_honest_learner_and_flag_a_masked_one
 def test_test_contract_covers_the_poisoning_attacks(registry):
     assert {"apgd-margin", "apgd-targeted", "apgd-ensemble", "pgd-margin", "sign-search"} <= set(registry.ids("attack"))
     assert set(registry.get("attack", "apgd-ensemble").targets) == {"support", "both"}
+
+
+class _Recording:
+    """A registry that records the attack ids the sanity checks create."""
+
+    def __init__(self, registry):
+        self.registry, self.ids = registry, []
+
+    def create(self, kind, component_id, options=None):
+        self.ids.append(component_id)
+        return self.registry.create(kind, component_id, options)
+
+
+def test_sanity_checks_run_the_reference_attacks_the_suite_declares(registry):
+    from bench.protocol.sanity import DEFAULT, sanity_references
+
+    ep = _sanity_episodes(n_episodes=2, n_query=2)
+    honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
+    rec = _Recording(registry)
+    sanity_checks(rec, honest, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0)
+    assert set(rec.ids) == {"pgd-linf", "fgsm", "square"}  # the defaults: today's first-party references
+    refs = sanity_references({"sanity": {"iterative": {"linf": "pgd-margin"}, "gradient_free_options": {"n_queries": 20}}})
+    assert refs.for_norm("iterative", "l2") == DEFAULT.for_norm("iterative", "l2")  # undeclared norms keep theirs
+    rec = _Recording(registry)
+    res = sanity_checks(rec, honest, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0, refs=refs)
+    assert set(rec.ids) == {"pgd-margin", "fgsm", "square"}, rec.ids
+    assert {"steps-monotone", "eps-monotone", "pgd-vs-fgsm", "large-eps", "gradient-free"} <= set(res.checks)
+    # Poisoning targets: the declared iterative reference is what the poison must beat per episode, and the
+    # declared gradient-free poisoning attack does the masking check.
+    refs = sanity_references({"sanity": {"iterative": {"linf": "pgd-margin"}, "single_step": {"linf": "fgsm"},
+                                         "poison": "apgd-targeted", "poison_options": {}}})
+    rec = _Recording(registry)
+    sanity_checks(rec, honest, ep, eps=0.25, norm="linf", target="support", steps=4, generator_seed=0, refs=refs)
+    assert set(rec.ids) == {"pgd-margin", "fgsm", "apgd-targeted", "sign-search"}, rec.ids
+    # A suite that declares no single-step reference for a norm skips that check only; an unknown id is an error
+    # that lists the known attacks.
+    with pytest.raises(MrbenchError, match="(?s)no-such-attack.*pgd-linf"):
+        sanity_checks(registry, honest, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0,
+                      refs=sanity_references({"sanity": {"gradient_free": {"linf": "no-such-attack"}}}))
+
+
+def test_a_bad_sanity_table_is_an_error_naming_the_key(tmp_path):
+    from bench.protocol.sanity import sanity_references
+    from bench.suites import read_suite
+
+    for table, match in [({"iterativ": {}}, "unknown key.*iterativ.*Its keys: iterative"),
+                         ({"iterative": {"linf1": "pgd-linf"}}, "iterative.*must map norms"),
+                         ({"poison": 3}, "poison.*must be an attack id"),
+                         ({"poison_options": "x"}, "poison_options.*table of options")]:
+        with pytest.raises(MrbenchError, match=match):
+            sanity_references({"sanity": table})
+    suite = tmp_path / "s" / "v1" / "suite.toml"
+    suite.parent.mkdir(parents=True)
+    suite.write_text('id = "s"\nversion = 1\n[episodes]\nn_way = 3\nk_shot = 1\nn_query = 2\nn_episodes = 4\nseed = 0\n'
+                     '[train]\ndataset = "glyphs"\nsplit = "meta-train"\n[test]\ndataset = "glyphs"\nsplit = "meta-test"\n'
+                     '[attacks.sanity]\nsingle_stepp = { linf = "fgsm" }\n')
+    with pytest.raises(MrbenchError, match="single_stepp"):  # when the suite is read, not after a run
+        read_suite(suite)
+
+
+def test_every_shipped_suite_declares_registered_sanity_references(registry):
+    from bench.protocol.sanity import sanity_references
+    from bench.suites import all_suites
+
+    known = set(registry.ids("attack"))
+    for ref, suite in all_suites().items():
+        refs = sanity_references(suite.attacks, ref)
+        ids = {v for role in ("iterative", "single_step", "gradient_free") for _, v in getattr(refs, role)}
+        ids |= {refs.poison, refs.poison_gradient_free, refs.poison_ensemble}
+        assert ids <= known, (ref, ids - known)
