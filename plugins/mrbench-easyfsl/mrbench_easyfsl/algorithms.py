@@ -247,9 +247,14 @@ class ClassicalPretraining(EasyFSLAlgorithm):
     as mrbench's ``finetune``: batch 16, Adam 1e-3, 25700 steps = 5 epochs). The
     classifier (``pretrain.*``) is created by :meth:`init_for_training`, which sees the
     split, and is not used by ``adapt``/``predict``.
+
+    Every classical method trains the same parameters the same way (the method only acts
+    at test time), so they form one ``weights_family``: one pre-training serves them all
+    (``mrbench train easyfsl-tim --init-from <easyfsl-simple-shot checkpoint> --steps 0``).
     """
 
     recipe = "classical"
+    weights_family = "easyfsl-classical-conv4"
 
     class Options(EasyFSLAlgorithm.Options):
         batch_size: int = 16

@@ -191,3 +191,61 @@ class ContributingExample(ModuleAlgorithm):
 
 def test_the_contributing_example_passes_the_contract(mrbench_check):
     mrbench_check(ContributingExample())
+
+
+_TINY = """
+id = "tiny-glyphs-easyfsl"
+version = 1
+[episodes]
+n_way = 3
+k_shot = 1
+n_query = 2
+n_episodes = 4
+seed = 0
+[train]
+dataset = "procedural-glyphs"
+split = "meta-train"
+options = { n_alphabets = 10, classes_per_alphabet = 12, samples_per_class = 6 }
+[test]
+dataset = "procedural-glyphs"
+split = "meta-test"
+options = { n_alphabets = 10, classes_per_alphabet = 12, samples_per_class = 6 }
+"""
+
+
+def test_one_classical_pretraining_serves_every_classical_method(tmp_path, monkeypatch):
+    from bench.checkpoint import load_final
+    from bench.training import train
+
+    (tmp_path / "suites" / "tiny-glyphs-easyfsl" / "v1").mkdir(parents=True)
+    (tmp_path / "suites" / "tiny-glyphs-easyfsl" / "v1" / "suite.toml").write_text(_TINY)
+    monkeypatch.setenv("MRBENCH_SUITES", str(tmp_path / "suites"))
+    opts = {"hidden": 8}
+    base = train("easyfsl-simple-shot", "tiny-glyphs-easyfsl", tmp_path / "ss.pt", steps=2, options=opts,
+                 meta_batch=4, device="cpu")
+    tim = train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "tim.pt", steps=0, options=opts, device="cpu",
+                init_from=tmp_path / "ss.pt")
+    assert tim.meta["algorithm"]["id"] == "easyfsl-tim" and tim.meta["steps"] == 0
+    assert tim.meta["init_from"] == {**tim.meta["init_from"], "sha256": base.sha256, "algorithm": "easyfsl-simple-shot",
+                                     "steps": 2}
+    assert tim.meta["final_loss"] is None
+    a, b = load_final(tmp_path / "ss.pt")[0], load_final(tmp_path / "tim.pt")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the very same weights
+    # The family is declared, not inferred from matching parameter names: an episodic method (the same conv4)
+    # refuses the checkpoint and names the family's members; --steps 0 needs --init-from.
+    with pytest.raises(MrbenchError, match="(?s)holds a 'easyfsl-simple-shot' checkpoint.*Start from a checkpoint"):
+        train("easyfsl-prototypical-networks", "tiny-glyphs-easyfsl", tmp_path / "pn.pt", steps=1, options=opts,
+              device="cpu", init_from=tmp_path / "ss.pt")
+    with pytest.raises(MrbenchError, match="steps must be >= 1"):
+        train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "t2.pt", steps=0, options=opts, device="cpu")
+    with pytest.raises(MrbenchError, match="weights family 'easyfsl-classical-conv4' \\(.*easyfsl-simple-shot"):
+        train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "t3.pt", steps=1, options=opts, device="cpu",
+              init_from=_protonet_ckpt(tmp_path, opts))
+
+
+def _protonet_ckpt(tmp_path, opts):
+    from bench.training import train
+
+    train("easyfsl-prototypical-networks", "tiny-glyphs-easyfsl", tmp_path / "pn1.pt", steps=1, options=opts,
+          meta_batch=1, device="cpu")
+    return tmp_path / "pn1.pt"
