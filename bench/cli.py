@@ -353,7 +353,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
         return 0
     for r in rows:
         print(f"{r['file']}: {r['algorithm']} on {r['suite']}, {r['steps']} steps, seed {r['seed']}, "
-              f"final loss {'-' if r['final_loss'] is None else format(r['final_loss'], '.6g')}, trained at {str(r['git_sha'])[:12]} on {r['device']}\n"
+              f"final loss {r['final_loss']:.6g}, trained at {str(r['git_sha'])[:12]} on {r['device']}\n"
               f"  sha256  {r['sha256']}\n  weights {r['weights_sha256']}")
     if len(rows) > 1:
         same = len({r["weights_sha256"] for r in rows}) == 1

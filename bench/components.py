@@ -164,11 +164,12 @@ class Algorithm(Component):
     #: algorithm one episode at a time whatever the execution plan says, and the contract
     #: check verifies that the batched plan gives the loop's logits.
     vmap_unsafe: ClassVar[str | None] = None
-    #: ``None``: only this algorithm's checkpoints seed its training (``--init-from``).
-    #: Algorithms that declare the same family train the same parameters the same way and
-    #: differ only in what they do at test time (e.g. methods run on one pre-trained
-    #: backbone), so ``mrbench train B --init-from <A's checkpoint> --steps 0`` makes
-    #: a checkpoint of ``B`` with ``A``'s weights (recorded as ``init_from``).
+    #: ``None``: its checkpoints are its own. Algorithms that declare the same family
+    #: train the same parameters the same way and differ only in what they do at test
+    #: time (e.g. methods run on one pre-trained backbone), so a checkpoint of one is
+    #: evaluated as another (``mrbench evaluate B --checkpoint <A's checkpoint>``; the
+    #: entry names ``B``, the checkpoint and its zoo record name ``A``) and seeds its
+    #: training (``--init-from``). One published checkpoint then serves the family.
     weights_family: ClassVar[str | None] = None
 
     def init(self, spec: EpisodeSpec, generator: torch.Generator) -> Params:

@@ -90,11 +90,7 @@ def _prepare(algorithm: str | None, suite: str | Suite, checkpoint: Any, *, n_ep
         raise ValueError(f"attack_seeds must be 'episode' or 'chunk', got {attack_seeds!r}")
 
     params, meta, ckpt_ref = load_checkpoint(checkpoint)
-    trained_id = meta["algorithm"]["id"]
-    if algorithm is not None and algorithm != trained_id:
-        raise MrbenchError(f"Checkpoint {checkpoint} was trained for {trained_id!r}, not {algorithm!r}.",
-                           f"Evaluate it as `mrbench evaluate {trained_id} ...`, or pass the right checkpoint.")
-    algo = registry.create("algorithm", trained_id, {**meta["algorithm"]["options"], **(options or {})})
+    algo = _algorithm_for(registry, algorithm, checkpoint, meta, options)
     ex = for_algorithm(ex, algo)  # the entry records the strategy that really ran
     params = {k: v.to(dev) for k, v in params.items()}
 
@@ -499,6 +495,25 @@ def _shifted(shift: Any, severity: int, clean: Any, ids: list[int], seed: int, s
     for j, e in enumerate(ids):
         out.append(shift.apply(clean[j], severity, _seeded(seed, scenario, e)))
     return Episode(*(torch.stack(ts) for ts in zip(*(ep.tensors() for ep in out))))
+
+
+def _algorithm_for(registry: Any, algorithm: str | None, checkpoint: Any, meta: dict[str, Any],
+                   options: dict[str, Any] | None) -> Any:
+    """The algorithm to evaluate with the checkpoint's options: the one it was trained for,
+    or ``algorithm`` when it shares that one's weights family (it then takes the trained
+    options it knows, e.g. the backbone's, plus its own defaults)."""
+    from bench.plugins import family_hint, same_weights
+
+    trained_id, trained_opts = meta["algorithm"]["id"], dict(meta["algorithm"]["options"])
+    if algorithm is None or algorithm == trained_id:
+        return registry.create("algorithm", trained_id, {**trained_opts, **(options or {})})
+    if not same_weights(registry, algorithm, trained_id):
+        raise MrbenchError(f"Checkpoint {checkpoint} was trained for {trained_id!r}, not {algorithm!r}.",
+                           f"Evaluate it as `mrbench evaluate {trained_id} ...`, or pass a checkpoint of {algorithm}"
+                           + family_hint(registry, algorithm))
+    known = registry.get("algorithm", algorithm).Options.model_fields
+    return registry.create("algorithm", algorithm, {**{k: v for k, v in trained_opts.items() if k in known},
+                                                    **(options or {})})
 
 
 def _sanity(pl: _Plan, done: dict, n_sanity: int) -> tuple[dict[str, Any], list[str]]:

@@ -448,3 +448,24 @@ def render_plugins(console: Console, registry: Registry) -> None:
             f"[{styles[row['status']]}]{escape(status)}[/]",
         )
     console.print(table)
+
+
+def same_weights(registry: Registry, a: str, b: str) -> bool:
+    """Whether algorithms ``a`` and ``b`` share checkpoints: the same id, or both declare
+    the same :attr:`bench.components.Algorithm.weights_family`."""
+    if a == b:
+        return True
+    known = registry.ids("algorithm")
+    if a not in known or b not in known:
+        return False
+    fa = registry.get("algorithm", a).weights_family
+    return fa is not None and fa == registry.get("algorithm", b).weights_family
+
+
+def family_hint(registry: Registry, algorithm: str) -> str:
+    """``" or of its weights family '...' (ids)."`` for an algorithm with a family, else ``"."``."""
+    if algorithm not in registry.ids("algorithm"):
+        return "."
+    family = registry.get("algorithm", algorithm).weights_family
+    siblings = [a for a in registry.ids("algorithm") if a != algorithm and same_weights(registry, a, algorithm)]
+    return f" or of its weights family {family!r} ({', '.join(siblings)})." if family and siblings else "."

@@ -213,8 +213,8 @@ def train(
     :param adversary: adversarial meta-training (see :class:`Adversary`); recorded in the
         checkpoint's ``adversarial`` field. Needs the harness's default training step.
     :param init_from: start from this checkpoint's weights (same algorithm, or one of the
-        same ``weights_family``, then possibly with ``steps=0``) instead of a fresh
-        initialisation, e.g. adversarial fine-tuning of a naturally trained model;
+        same ``weights_family``) instead of a fresh initialisation, e.g. adversarial
+        fine-tuning of a naturally trained model;
         its sha256 is part of the run's key and recorded in the checkpoint (and, for
         adversarial runs, in ``adversarial.init_from``).
     """
@@ -283,10 +283,8 @@ def _plan(algo: Algorithm, suite: Suite, out: Path, *, steps: int | None, seed: 
         image_shape=suite.spec.image_shape,
     )
     steps = int(steps if steps is not None else d.steps)
-    if steps < 1 and not (steps == 0 and init_from is not None):
-        raise MrbenchError(f"--steps must be >= 1, got {steps}.",
-                           "--steps 0 is for --init-from only (a checkpoint of another algorithm of the same weights "
-                           "family, taken as it is).")
+    if steps < 1:
+        raise MrbenchError(f"--steps must be >= 1, got {steps}.")
     init_params, init_ref = _load_init(algo, init_from) if init_from is not None else (None, None)
     adv_desc = adversary.describe() if adversary is not None else None
     if adv_desc is not None and init_ref is not None:
@@ -313,20 +311,14 @@ def _load_init(algo: Algorithm, init_from: str | Path) -> tuple[dict[str, torch.
     """The weights of checkpoint ``init_from`` (same algorithm, or one of the same
     :attr:`~bench.components.Algorithm.weights_family`) and its reference for the run's
     key and metadata."""
-    from bench.plugins import get_registry
+    from bench.plugins import family_hint, get_registry, same_weights
     from bench.zoo import is_zoo_ref, load_checkpoint
 
     init_params, init_meta, init_ck = load_checkpoint(init_from if is_zoo_ref(init_from) else Path(init_from))
     other = init_meta["algorithm"]["id"]
-    family = algo.weights_family
-    if other != algo.id:
-        known = get_registry().ids("algorithm")
-        if family is None or other not in known or get_registry().get("algorithm", other).weights_family != family:
-            siblings = [a for a in known if family is not None and a != algo.id
-                        and get_registry().get("algorithm", a).weights_family == family]
-            raise MrbenchError(f"--init-from {init_from} holds a {other!r} checkpoint, not {algo.id!r}.",
-                               "Start from a checkpoint of the same algorithm" +
-                               (f" or of its weights family {family!r} ({', '.join(siblings)})." if siblings else "."))
+    if other != algo.id and not same_weights(get_registry(), algo.id, other):
+        raise MrbenchError(f"--init-from {init_from} holds a {other!r} checkpoint, not {algo.id!r}.",
+                           "Start from a checkpoint of the same algorithm" + family_hint(get_registry(), algo.id))
     init_ref = {"file": init_ck["file"], "sha256": init_ck["sha256"], "steps": init_meta.get("steps"),
                 "adversarial": init_meta.get("adversarial")}
     if other != algo.id:
@@ -486,7 +478,7 @@ def _save(run: _Run) -> TrainResult:
         "lr_decay_every": cfg.lr_decay_every,
         "lr_decay": cfg.lr_decay,
         "episodes_seen": run.steps * cfg.meta_batch,
-        "final_loss": run.recent_loss() if run.steps else None,  # None: no step ran (--init-from, --steps 0)
+        "final_loss": run.recent_loss(),
         "wall_time_s": round(run.elapsed, 2),
         "execution": {"strategy": ex.strategy, "chunk": ex.chunk, "channels_last": ex.channels_last},
         "environment": environment(run.device),

@@ -200,7 +200,7 @@ def verify_entry(path: str | Path, *, episodes: int | None = 3, seed: int = 0, d
     try:
         if threads and on_cpu:
             torch.set_num_threads(threads)  # the recorded thread count: reductions split the same way
-        got = recompute(None, suite, record, chosen, n_episodes=entry.suite.n_episodes,
+        got = recompute(entry.algorithm.id, suite, record, chosen, n_episodes=entry.suite.n_episodes,
                         options=entry.algorithm.options, shifts=shifts, attacks=attacks,
                         chunk_episodes=ev.chunk_episodes if ev else 25,
                         attack_seeds=ev.attack_seeds if ev else "chunk", device=device, data_root=data_root,

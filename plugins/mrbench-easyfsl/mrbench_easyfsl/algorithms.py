@@ -250,7 +250,7 @@ class ClassicalPretraining(EasyFSLAlgorithm):
 
     Every classical method trains the same parameters the same way (the method only acts
     at test time), so they form one ``weights_family``: one pre-training serves them all
-    (``mrbench train easyfsl-tim --init-from <easyfsl-simple-shot checkpoint> --steps 0``).
+    (``mrbench evaluate easyfsl-tim --checkpoint <easyfsl-simple-shot checkpoint>``).
     """
 
     recipe = "classical"

@@ -214,7 +214,7 @@ options = { n_alphabets = 10, classes_per_alphabet = 12, samples_per_class = 6 }
 
 
 def test_one_classical_pretraining_serves_every_classical_method(tmp_path, monkeypatch):
-    from bench.checkpoint import load_final
+    from bench.evaluation import evaluate
     from bench.training import train
 
     (tmp_path / "suites" / "tiny-glyphs-easyfsl" / "v1").mkdir(parents=True)
@@ -223,24 +223,27 @@ def test_one_classical_pretraining_serves_every_classical_method(tmp_path, monke
     opts = {"hidden": 8}
     base = train("easyfsl-simple-shot", "tiny-glyphs-easyfsl", tmp_path / "ss.pt", steps=2, options=opts,
                  meta_batch=4, device="cpu")
-    tim = train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "tim.pt", steps=0, options=opts, device="cpu",
-                init_from=tmp_path / "ss.pt")
-    assert tim.meta["algorithm"]["id"] == "easyfsl-tim" and tim.meta["steps"] == 0
-    assert tim.meta["init_from"] == {**tim.meta["init_from"], "sha256": base.sha256, "algorithm": "easyfsl-simple-shot",
-                                     "steps": 2}
-    assert tim.meta["final_loss"] is None
-    a, b = load_final(tmp_path / "ss.pt")[0], load_final(tmp_path / "tim.pt")[0]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the very same weights
-    # The family is declared, not inferred from matching parameter names: an episodic method (the same conv4)
-    # refuses the checkpoint and names the family's members; --steps 0 needs --init-from.
-    with pytest.raises(MrbenchError, match="(?s)holds a 'easyfsl-simple-shot' checkpoint.*Start from a checkpoint"):
-        train("easyfsl-prototypical-networks", "tiny-glyphs-easyfsl", tmp_path / "pn.pt", steps=1, options=opts,
-              device="cpu", init_from=tmp_path / "ss.pt")
-    with pytest.raises(MrbenchError, match="steps must be >= 1"):
-        train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "t2.pt", steps=0, options=opts, device="cpu")
-    with pytest.raises(MrbenchError, match="weights family 'easyfsl-classical-conv4' \\(.*easyfsl-simple-shot"):
-        train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "t3.pt", steps=1, options=opts, device="cpu",
-              init_from=_protonet_ckpt(tmp_path, opts))
+    # Evaluated as TIM: the entry names TIM (with the trained backbone's options and TIM's own) and the checkpoint.
+    entry = evaluate("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "ss.pt", out=tmp_path / "tim.json",
+                     options={"fine_tuning_steps": 3}, device="cpu")
+    assert entry["algorithm"]["id"] == "easyfsl-tim" and entry["algorithm"]["options"]["hidden"] == 8
+    assert entry["algorithm"]["options"]["fine_tuning_steps"] == 3
+    assert entry["checkpoint"]["sha256"] == base.sha256 and entry["algorithm"]["transductive"]
+    # --init-from takes the family's checkpoints too, and records whose they were.
+    tim = train("easyfsl-tim", "tiny-glyphs-easyfsl", tmp_path / "tim.pt", steps=1, options=opts, meta_batch=4,
+                device="cpu", init_from=tmp_path / "ss.pt")
+    assert tim.meta["init_from"]["sha256"] == base.sha256 and tim.meta["init_from"]["algorithm"] == "easyfsl-simple-shot"
+    # The family is declared, not inferred from matching parameter names: an episodic method on the same conv4
+    # refuses the checkpoint, and the error names the family's members.
+    with pytest.raises(MrbenchError, match="(?s)trained for 'easyfsl-simple-shot', not 'easyfsl-prototypical-networks'"):
+        evaluate("easyfsl-prototypical-networks", "tiny-glyphs-easyfsl", tmp_path / "ss.pt", out=tmp_path / "pn.json",
+                 device="cpu")
+    with pytest.raises(MrbenchError, match="(?s)holds a 'easyfsl-simple-shot' checkpoint, not 'easyfsl-feat'"):
+        train("easyfsl-feat", "tiny-glyphs-easyfsl", tmp_path / "feat.pt", steps=1, options=opts, device="cpu",
+              init_from=tmp_path / "ss.pt")
+    with pytest.raises(MrbenchError, match="weights family 'easyfsl-classical-conv4' \\(.*easyfsl-tim"):
+        evaluate("easyfsl-simple-shot", "tiny-glyphs-easyfsl", _protonet_ckpt(tmp_path, opts), out=tmp_path / "x.json",
+                 device="cpu")
 
 
 def _protonet_ckpt(tmp_path, opts):
