@@ -49,10 +49,9 @@ def reported(e: Entry) -> Reported | None:
 def display_name(en: ResultEntry) -> str:
     """The algorithm id, with its adversarial meta-training where it had one (rows of one
     algorithm differ by checkpoint; this is the difference a reader needs first)."""
-    adv = en.training.adversarial if en.training else None
-    if not adv:
-        return en.algorithm.id
-    return f"{en.algorithm.id} (adv. {adv.get('attack')} {adv.get('eps_name', adv.get('eps'))} {adv.get('target')})"
+    from bench.results.schema import model_label
+
+    return model_label(en.algorithm.id, en.training.adversarial if en.training else None)
 
 
 def note_markers(rows: list[Row]) -> tuple[dict[str, str], list[str]]:

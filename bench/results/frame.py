@@ -130,12 +130,10 @@ def results_frame(entries: Iterable[dict[str, Any] | str | Path]) -> pd.DataFram
 
 
 def entry_label(entry: dict[str, Any]) -> str:
-    """A column label: algorithm, adversarial training if any, episodes."""
-    label = entry["algorithm"]["id"]
-    adv = (entry.get("training") or {}).get("adversarial")
-    if adv:
-        label += f" (adv. {adv['attack']} {adv.get('eps_name', adv['eps'])} {adv['target']})"
-    return label
+    """A column label: algorithm and adversarial training if any (:func:`bench.results.schema.model_label`)."""
+    from bench.results.schema import model_label
+
+    return model_label(entry["algorithm"]["id"], (entry.get("training") or {}).get("adversarial"))
 
 
 def markdown_table(entries: Iterable[dict[str, Any] | str | Path], *, sources: Iterable[str] | None = None,

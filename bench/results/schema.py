@@ -375,6 +375,15 @@ it at ``from_version + 1`` (setting ``schema_version``). Register a step with
 released, since committed entries depend on it."""
 
 
+def model_label(algorithm_id: str, adversarial: dict[str, Any] | None) -> str:
+    """How tables and reports name an entry's model: the algorithm id, with its adversarial
+    meta-training where it had one (``protonet (adv. pgd-linf 16/255 query)``)."""
+    if not adversarial:
+        return algorithm_id
+    adv = adversarial
+    return f"{algorithm_id} (adv. {adv.get('attack')} {adv.get('eps_name', adv.get('eps'))} {adv.get('target')})"
+
+
 def migration(from_version: int) -> Callable[[Migration], Migration]:
     """Register the step that upgrades entries from ``from_version`` to ``from_version + 1``.
 
