@@ -419,13 +419,14 @@ class AutoAttack(Attack):
 
 
 class SignSearch(Attack):
-    """Gradient-free support poisoning: random search over the sign corners of the Linf
-    ball (:func:`bench.attacks.sign_search`), the check against gradient masking of the
-    poisoning attacks through adaptation."""
+    """Gradient-free random search over the sign corners of the Linf ball
+    (:func:`bench.attacks.sign_search`), per episode: the check against gradient masking
+    of the poisoning attacks through adaptation, and of query attacks on a transductive
+    learner (the queries searched jointly; Square cannot attack one)."""
 
     id = "sign-search"
     norm = "linf"
-    targets = ("support", "both")
+    targets = ("query", "support", "both")
     gradient_free = True
 
     class Options(Options):

@@ -542,3 +542,35 @@ def test_every_shipped_suite_declares_registered_sanity_references(registry):
         ids = {v for role in ("iterative", "single_step", "gradient_free") for _, v in getattr(refs, role)}
         ids |= {refs.poison, refs.poison_gradient_free, refs.poison_ensemble}
         assert ids <= known, (ref, ids - known)
+
+
+class TransductiveCentroid(Centroid):
+    """Nearest centroid whose centroids move halfway to the mean of the queries assigned to
+    them (one soft k-means step): transductive."""
+
+    id = "test-transductive-centroid"
+    transductive = True
+
+    def predict(self, params, state, x_query):
+        q = x_query.flatten(1)
+        w = torch.softmax(-((q[:, None, :] - state[None]) ** 2).sum(-1), -1)
+        moved = 0.5 * state + 0.5 * (w.T @ q) / w.sum(0)[:, None]
+        return -params["scale"] * ((q[:, None, :] - moved[None]) ** 2).sum(-1)
+
+
+def test_sanity_checks_on_a_transductive_learner_search_the_queries_jointly(registry):
+    ep = _sanity_episodes(n_episodes=2, n_query=3)
+    victim = Victim(TransductiveCentroid(), {"scale": torch.ones(())}, 3)
+    assert victim.transductive
+    rec = _Recording(registry)
+    res = sanity_checks(rec, victim, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0)
+    assert "square" not in rec.ids and "sign-search" in rec.ids  # Square scores query subsets: it cannot run here
+    assert "the learner is transductive" in res.checks["gradient-free"]["detail"], res.checks
+    # sign-search on the query target stays in the ball, leaves the support alone and does not help the learner
+    g = torch.Generator().manual_seed(0)
+    adv = registry.create("attack", "sign-search", {"n_queries": 30}).perturb(victim, ep, 0.25, "query", g)
+    assert torch.equal(adv.x_support, ep.x_support) and (adv.x_query - ep.x_query).abs().max() <= 0.25 + 1e-6
+    with torch.no_grad():
+        before = (victim.logits(ep.x_support, ep.y_support, ep.x_query).argmax(-1) == ep.y_query).sum()
+        after = (victim.logits(adv.x_support, adv.y_support, adv.x_query).argmax(-1) == adv.y_query).sum()
+    assert after <= before
