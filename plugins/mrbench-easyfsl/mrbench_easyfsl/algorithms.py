@@ -163,6 +163,15 @@ class _PTMAP(methods.PTMAP):
     # plan and moves the prototypes in place, which autograd cannot differentiate ("modified by an
     # inplace operation"). The same arithmetic in the same order (tested against easyfsl's).
 
+    def __init__(self, *args: Any, unit_norm: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unit_norm = unit_norm
+
+    def compute_features(self, images: Tensor) -> Tensor:
+        # Equation (1) of the paper: the power transform, then unit L2 norm (easyfsl omits the norm).
+        features = super().compute_features(images)
+        return F.normalize(features, dim=1) if self.unit_norm else features
+
     def compute_optimal_transport(self, cost_matrix: Tensor, epsilon: float = 1e-6) -> Tensor:
         from easyfsl.methods.pt_map import MAXIMUM_SINKHORN_ITERATIONS
 
@@ -442,7 +451,14 @@ class TransductiveFinetuning(ClassicalPretraining):
 class PTMAP(ClassicalPretraining):
     """easyfsl's PT-MAP (Hu et al. 2020): power-transformed features, class centres refined
     by Sinkhorn optimal transport of the queries onto the classes. Transductive; returns
-    the log transport plan."""
+    the log transport plan.
+
+    ``unit_norm`` (default on) scales the power-transformed features to unit L2 norm, as
+    the paper's Equation (1) does and easyfsl's ``compute_features`` does not. Without it,
+    conv4's features give squared distances of 1 to 42, ``exp(-10 d^2)`` underflows to 0
+    for most (query, class) pairs and whole queries, Sinkhorn cannot converge, and
+    gradients through the zeros vanish (PGD-20 scored above clean accuracy: masking).
+    ``unit_norm=false`` is easyfsl's arithmetic, kept for comparison."""
 
     id = "easyfsl-pt-map"
     method = _PTMAP
@@ -454,6 +470,8 @@ class PTMAP(ClassicalPretraining):
         fine_tuning_lr: float = 0.2
         lambda_regularization: float = 10.0
         power_factor: float = 0.5
+        unit_norm: bool = True
+        """L2-normalise the power-transformed features (the paper's Equation (1); easyfsl omits it)."""
 
 
 ALGORITHMS: list[type[EasyFSLAlgorithm]] = [

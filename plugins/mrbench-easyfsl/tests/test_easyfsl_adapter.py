@@ -21,7 +21,9 @@ from mrbench_easyfsl.algorithms import (
 def _easyfsl_original(algo, original_cls, params, dtype=torch.float64):
     """easyfsl's unmodified class on the same backbone and parameters, as easyfsl runs it."""
     spec = SPEC
-    module = original_cls(algo.backbone(spec), **algo.method_kwargs(spec)).to(dtype).eval()
+    kwargs = algo.method_kwargs(spec)
+    assert not kwargs.pop("unit_norm", False), "easyfsl's PTMAP has no unit norm: compare with unit_norm=False"
+    module = original_cls(algo.backbone(spec), **kwargs).to(dtype).eval()
     module.load_state_dict(params, strict=True)
     return module
 
@@ -35,8 +37,10 @@ def _ours(algo, params, ep):
                                                 (PTMAP, methods.PTMAP), (LaplacianShot, methods.LaplacianShot)],
                          ids=lambda c: getattr(c, "id", c.__name__))
 def test_rewritten_methods_give_easyfsls_scores(cls, original):
-    # Larger inner learning rates than the defaults, so the fine-tuning moves the prototypes visibly.
+    # Larger inner learning rates than the defaults, so the fine-tuning moves the prototypes visibly;
+    # PT-MAP with easyfsl's features (no unit norm: see the next test).
     options = {"fine_tuning_lr": 1e-2} if cls in (Finetune, TIM, TransductiveFinetuning) else {}
+    options |= {"unit_norm": False} if cls is PTMAP else {}
     algo = cls(**options)
     # easyfsl's LaplacianShot runs only in float32 (its affinities are float32 constants).
     dtype, tol = (torch.float32, 1e-5) if cls is LaplacianShot else (torch.float64, 1e-9)
@@ -48,6 +52,34 @@ def test_rewritten_methods_give_easyfsls_scores(cls, original):
     if algo.outputs == "probabilities":
         expected = torch.log(expected + torch.finfo(expected.dtype).tiny)
     torch.testing.assert_close(_ours(algo, params, ep).detach(), expected, rtol=tol, atol=tol)
+
+
+class _PaperPTMAP(methods.PTMAP):
+    """easyfsl's PTMAP with the paper's Equation (1): unit L2 norm after the power transform."""
+
+    def compute_features(self, images):
+        return F.normalize(super().compute_features(images), dim=1)
+
+
+def test_pt_maps_unit_norm_is_the_one_change_and_is_the_default():
+    assert PTMAP().options.unit_norm
+    algo = PTMAP()
+    params = init_params(algo, dtype=torch.float64)
+    ep = random_episodes(dtype=torch.float64)[1]
+    kwargs = algo.method_kwargs(SPEC)
+    assert kwargs.pop("unit_norm") is True
+    module = _PaperPTMAP(algo.backbone(SPEC), **kwargs).to(torch.float64).eval()
+    module.load_state_dict(params, strict=True)
+    module.process_support_set(ep.x_support, ep.y_support)
+    features = module.compute_features(ep.x_query)
+    torch.testing.assert_close(features.norm(dim=1), torch.ones(len(features), dtype=torch.float64))
+    expected = module(ep.x_query)
+    expected = torch.log(expected + torch.finfo(expected.dtype).tiny)
+    ours = _ours(algo, params, ep).detach()
+    torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
+    # Squared distances on the unit sphere are at most 4: exp(-10 d^2) cannot underflow, every query
+    # keeps a finite log-probability for every class.
+    assert torch.isfinite(ours).all()
 
 
 @pytest.mark.parametrize("cls", [Finetune, TIM, TransductiveFinetuning], ids=lambda c: c.id)
