@@ -42,15 +42,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
-from easyfsl import methods
-from easyfsl.modules import MultiHeadAttention
 from torch import Tensor, nn
 
 from bench.adapters import Conv4Module, Outputs, ModuleAlgorithm
 from bench.components import Episode, EpisodeSpec, ImageSplit, Params, TrainDefaults
-from bench.nn import Conv4Options, conv4, init_conv4, init_linear, linear, pooled, sgd_steps
+from bench.nn import Conv4Options, conv4, init_conv4, init_linear, linear, pooled
 
 if TYPE_CHECKING:
+    from easyfsl import methods
+
     from bench.training import TrainContext
 
 PRETRAIN = "pretrain."
@@ -60,136 +60,21 @@ _PROTOTYPES_NOT_VMAP_SAFE = ("easyfsl computes class prototypes with torch.uniqu
                              "shapes)")
 
 
-# -- easyfsl's inner Adam loops, unrolled --------------------------------------------------
+# -- easyfsl's classes, imported when first used ---------------------------------------------
 
 
-class _UnrolledAdam:
-    """easyfsl's ``torch.optim.Adam`` loop on ``self.prototypes`` as functional Adam steps.
+class LazyMethod:
+    """A class attribute naming a class of :mod:`mrbench_easyfsl._methods` (easyfsl's own
+    classes and the rewrites), imported on first access: registering the plugin stays
+    free of easyfsl and torchvision imports."""
 
-    Same update (torch's Adam: betas 0.9/0.999, eps 1e-8, bias correction), but written
-    with ``torch.func.grad``, so the fine-tuned prototypes stay a differentiable function
-    of the support and query features.
-    """
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    fine_tuning_steps: int
-    fine_tuning_lr: float
-    prototypes: Tensor
+    def __get__(self, obj: object, owner: type | None = None) -> type["methods.FewShotClassifier"]:
+        from mrbench_easyfsl import _methods
 
-    def _fine_tune_prototypes(self, loss_fn: Callable[[], Tensor]) -> None:
-        def loss(fast: Params) -> Tensor:
-            self.prototypes = fast["prototypes"]
-            return loss_fn()
-
-        fast = sgd_steps(loss, {"prototypes": self.prototypes}, self.fine_tuning_steps, self.fine_tuning_lr,
-                         betas=(0.9, 0.999), eps=1e-8)
-        self.prototypes = fast["prototypes"]
-
-
-class _Finetune(_UnrolledAdam, methods.Finetune):
-    def forward(self, query_images: Tensor) -> Tensor:
-        # easyfsl.methods.Finetune.forward, with the Adam loop unrolled and the result not detached.
-        query_features = self.compute_features(query_images)
-        self._fine_tune_prototypes(lambda: F.cross_entropy(
-            self.temperature * self.cosine_distance_to_prototypes(self.support_features), self.support_labels))
-        return self.softmax_if_specified(self.cosine_distance_to_prototypes(query_features),
-                                         temperature=self.temperature)
-
-
-class _TransductiveFinetuning(_UnrolledAdam, methods.TransductiveFinetuning):
-    def forward(self, query_images: Tensor) -> Tensor:
-        # easyfsl.methods.TransductiveFinetuning.forward, with the Adam loop unrolled and the result not detached.
-        from easyfsl.methods.utils import entropy
-
-        query_features = self.compute_features(query_images)
-        self._fine_tune_prototypes(lambda: F.cross_entropy(
-            self.temperature * self.l2_distance_to_prototypes(self.support_features), self.support_labels)
-            + entropy(self.temperature * self.l2_distance_to_prototypes(query_features)))
-        return self.softmax_if_specified(self.l2_distance_to_prototypes(query_features),
-                                         temperature=self.temperature)
-
-
-class _TIM(_UnrolledAdam, methods.TIM):
-    def forward(self, query_images: Tensor) -> Tensor:
-        # easyfsl.methods.TIM.forward, with the Adam loop unrolled and the result not detached; the class
-        # count is the prototypes' (easyfsl counts the distinct support labels: the same number).
-        query_features = self.compute_features(query_images)
-        support_labels_one_hot = F.one_hot(self.support_labels, self.prototypes.shape[0])
-
-        def loss() -> Tensor:
-            support_logits = self.temperature * self.cosine_distance_to_prototypes(self.support_features)
-            query_logits = self.temperature * self.cosine_distance_to_prototypes(query_features)
-            support_cross_entropy = -(support_labels_one_hot * support_logits.log_softmax(1)).sum(1).mean(0)
-            query_soft_probs = query_logits.softmax(1)
-            query_conditional_entropy = -(query_soft_probs * torch.log(query_soft_probs + 1e-12)).sum(1).mean(0)
-            marginal_prediction = query_soft_probs.mean(0)
-            marginal_entropy = -(marginal_prediction * torch.log(marginal_prediction)).sum(0)
-            return self.cross_entropy_weight * support_cross_entropy - (
-                self.marginal_entropy_weight * marginal_entropy
-                - self.conditional_entropy_weight * query_conditional_entropy)
-
-        self._fine_tune_prototypes(loss)
-        return self.softmax_if_specified(self.cosine_distance_to_prototypes(query_features),
-                                         temperature=self.temperature)
-
-
-class _MatchingNetworks(methods.MatchingNetworks):
-    def process_support_set(self, support_images: Tensor, support_labels: Tensor) -> None:
-        super().process_support_set(support_images, support_labels)
-        # easyfsl makes the one-hot labels float32 whatever the features' dtype (float64 fails).
-        self.one_hot_support_labels = self.one_hot_support_labels.to(self.contextualized_support_features.dtype)
-
-
-class _RelationNetworks(methods.RelationNetworks):
-    def process_support_set(self, support_images: Tensor, support_labels: Tensor) -> None:
-        super().process_support_set(support_images, support_labels)
-        # mrbench keeps no running statistics: score every (class, support image) pair once, so
-        # the relation module's conv blocks store the statistics that (class, query) pairs are
-        # then normalised with (as the backbone stores the support set's for the queries).
-        support_features = self.compute_features(support_images)
-        n, c = support_features.shape[0], self.prototypes.shape[0]
-        pairs = torch.cat((self.prototypes.unsqueeze(0).expand(n, -1, -1, -1, -1),
-                           support_features.unsqueeze(1).expand(-1, c, -1, -1, -1)), dim=2)
-        self.relation_module(pairs.view(-1, 2 * self.feature_dimension, *support_features.shape[2:]))
-
-
-class _LaplacianShot(methods.LaplacianShot):
-    def compute_pairwise_affinities(self, features: Tensor) -> Tensor:
-        # easyfsl builds the 0/1 kNN affinities in float32 whatever the features' dtype (float64 fails).
-        return super().compute_pairwise_affinities(features).to(features.dtype)
-
-
-class _PTMAP(methods.PTMAP):
-    # easyfsl's Sinkhorn and prototype update, written out of place: easyfsl scales the transport
-    # plan and moves the prototypes in place, which autograd cannot differentiate ("modified by an
-    # inplace operation"). The same arithmetic in the same order (tested against easyfsl's).
-
-    def __init__(self, *args: Any, unit_norm: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unit_norm = unit_norm
-
-    def compute_features(self, images: Tensor) -> Tensor:
-        # Equation (1) of the paper: the power transform, then unit L2 norm (easyfsl omits the norm).
-        features = super().compute_features(images)
-        return F.normalize(features, dim=1) if self.unit_norm else features
-
-    def compute_optimal_transport(self, cost_matrix: Tensor, epsilon: float = 1e-6) -> Tensor:
-        from easyfsl.methods.pt_map import MAXIMUM_SINKHORN_ITERATIONS
-
-        instance_multiplication_factor = cost_matrix.shape[0] // cost_matrix.shape[1]
-        transport_plan = torch.exp(-self.lambda_regularization * cost_matrix)
-        transport_plan = transport_plan / transport_plan.sum(dim=(0, 1), keepdim=True)
-        for _ in range(MAXIMUM_SINKHORN_ITERATIONS):
-            per_class_sums = transport_plan.sum(1)
-            transport_plan = transport_plan * (1 / (per_class_sums + 1e-10)).unsqueeze(1)
-            transport_plan = transport_plan * (instance_multiplication_factor
-                                               / (transport_plan.sum(0) + 1e-10)).unsqueeze(0)
-            if torch.max(torch.abs(per_class_sums - transport_plan.sum(1))) < epsilon:
-                break
-        return transport_plan
-
-    def update_prototypes(self, all_features: Tensor, all_assignments: Tensor) -> None:
-        new_prototypes = (all_assignments.T @ all_features) / all_assignments.sum(0).unsqueeze(1)
-        self.prototypes = self.prototypes + self.fine_tuning_lr * (new_prototypes - self.prototypes)
+        return getattr(_methods, self.name)
 
 
 # -- the adapter's base -------------------------------------------------------------------------
@@ -203,7 +88,7 @@ class EasyFSLAlgorithm(ModuleAlgorithm):
         (pre-training over all meta-train classes, :meth:`ClassicalPretraining.train_step`).
     """
 
-    method: ClassVar[type[methods.FewShotClassifier]]
+    method: ClassVar[LazyMethod]
     recipe: ClassVar[str] = "episodic"
     vmap_unsafe = _PROTOTYPES_NOT_VMAP_SAFE
     bn_policy = "conv4 batch statistics, no running stats; queries use the support statistics unless bn='batch'"
@@ -293,7 +178,7 @@ class PrototypicalNetworks(EasyFSLAlgorithm):
     cross-entropy, mrbench ``protonet``'s recipe."""
 
     id = "easyfsl-prototypical-networks"
-    method = methods.PrototypicalNetworks
+    method = LazyMethod("PrototypicalNetworks")
 
 
 class SimpleShot(ClassicalPretraining):
@@ -301,7 +186,7 @@ class SimpleShot(ClassicalPretraining):
     pre-trained backbone (no feature centring, easyfsl's default)."""
 
     id = "easyfsl-simple-shot"
-    method = methods.SimpleShot
+    method = LazyMethod("SimpleShot")
 
 
 class MatchingNetworks(EasyFSLAlgorithm):
@@ -311,7 +196,7 @@ class MatchingNetworks(EasyFSLAlgorithm):
     (easyfsl's advice), with mrbench ``matchingnet``'s recipe."""
 
     id = "easyfsl-matching-networks"
-    method = _MatchingNetworks
+    method = LazyMethod("_MatchingNetworks")
     outputs: ClassVar[Outputs] = "log-probabilities"
     vmap_unsafe = ("easyfsl one-hot encodes the support labels without a class count and runs nn.LSTM (data-dependent "
                    "shapes)")
@@ -335,7 +220,7 @@ class RelationNetworks(EasyFSLAlgorithm):
     them onto the one-hot labels (mean squared error), mrbench ``relationnet``'s recipe."""
 
     id = "easyfsl-relation-networks"
-    method = _RelationNetworks
+    method = LazyMethod("_RelationNetworks")
     pools = 2
     flatten = False
     bn_policy = ("conv4 and relation-module batch statistics, no running stats; queries use the support statistics "
@@ -372,10 +257,12 @@ class FEAT(EasyFSLAlgorithm):
     with protonet's recipe)."""
 
     id = "easyfsl-feat"
-    method = methods.FEAT
+    method = LazyMethod("FEAT")
 
     def build(self, spec: EpisodeSpec) -> nn.Module:
         d = self.feature_dim(spec)
+        from easyfsl.modules import MultiHeadAttention
+
         return self.method(self.backbone(spec), attention_module=MultiHeadAttention(1, d, d, d))
 
 
@@ -385,7 +272,7 @@ class Finetune(ClassicalPretraining):
     steps are unrolled (see the module docstring), so attacks differentiate through them."""
 
     id = "easyfsl-finetune"
-    method = _Finetune
+    method = LazyMethod("_Finetune")
 
     class Options(ClassicalPretraining.Options):
         fine_tuning_steps: int = 200
@@ -398,7 +285,7 @@ class BDCSPN(ClassicalPretraining):
     (feature shift and pseudo-labels), cosine similarity. Transductive."""
 
     id = "easyfsl-bd-cspn"
-    method = methods.BDCSPN
+    method = LazyMethod("BDCSPN")
 
 
 class LaplacianShot(ClassicalPretraining):
@@ -407,7 +294,7 @@ class LaplacianShot(ClassicalPretraining):
     (bound updates). Transductive; returns log soft-assignments."""
 
     id = "easyfsl-laplacian-shot"
-    method = _LaplacianShot
+    method = LazyMethod("_LaplacianShot")
     outputs: ClassVar[Outputs] = "probabilities"
     vmap_unsafe = _PROTOTYPES_NOT_VMAP_SAFE + " and stops its bound updates on a test of .item()"
 
@@ -423,7 +310,7 @@ class TIM(ClassicalPretraining):
     Transductive. The Adam steps are unrolled (see the module docstring)."""
 
     id = "easyfsl-tim"
-    method = _TIM
+    method = LazyMethod("_TIM")
 
     class Options(ClassicalPretraining.Options):
         fine_tuning_steps: int = 50
@@ -440,7 +327,7 @@ class TransductiveFinetuning(ClassicalPretraining):
     Euclidean distance. Transductive. The Adam steps are unrolled (see the module docstring)."""
 
     id = "easyfsl-transductive-finetuning"
-    method = _TransductiveFinetuning
+    method = LazyMethod("_TransductiveFinetuning")
 
     class Options(ClassicalPretraining.Options):
         fine_tuning_steps: int = 25
@@ -461,7 +348,7 @@ class PTMAP(ClassicalPretraining):
     ``unit_norm=false`` is easyfsl's arithmetic, kept for comparison."""
 
     id = "easyfsl-pt-map"
-    method = _PTMAP
+    method = LazyMethod("_PTMAP")
     outputs: ClassVar[Outputs] = "probabilities"
     vmap_unsafe = _PROTOTYPES_NOT_VMAP_SAFE + " and stops Sinkhorn's iterations on a data-dependent test"
 

@@ -284,3 +284,18 @@ def _protonet_ckpt(tmp_path, opts):
     train("easyfsl-prototypical-networks", "tiny-glyphs-easyfsl", tmp_path / "pn1.pt", steps=1, options=opts,
           meta_batch=1, device="cpu")
     return tmp_path / "pn1.pt"
+
+
+@pytest.mark.subprocess
+def test_loading_the_plugin_imports_neither_easyfsl_nor_torchvision():
+    # Every mrbench command loads every plugin; easyfsl (and torchvision, which it imports)
+    # are imported only when an easyfsl algorithm builds its module.
+    import subprocess
+    import sys
+
+    code = ("import sys; from bench.plugins import get_registry; r = get_registry(); "
+            "assert 'easyfsl-pt-map' in r.ids('algorithm'); "
+            "print(sorted(m for m in ('easyfsl', 'torchvision') if m in sys.modules)); "
+            "r.create('algorithm', 'easyfsl-pt-map').transductive; print('easyfsl' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["[]", "True"]
