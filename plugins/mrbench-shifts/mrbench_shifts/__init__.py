@@ -2,7 +2,8 @@
 
 Omniglot-C image corruptions (noise, blur, digital, weather, geometric, occlusion)
 with five calibrated severities each, support label noise and support class
-imbalance. The corruption tables and the statistic each is monotone in are listed
+imbalance, and the support-query shift (support and queries under two different
+corruptions). The corruption tables and the statistic each is monotone in are listed
 in this distribution's README.
 """
 
@@ -26,8 +27,9 @@ def all_shifts() -> tuple[type[Shift], ...]:
     from mrbench_shifts.geometry import GEOMETRIC
     from mrbench_shifts.labels import SUPPORT_SHIFTS
     from mrbench_shifts.occlusions import OCCLUSIONS
+    from mrbench_shifts.support_query import SUPPORT_QUERY_SHIFTS
 
-    return (*CORRUPTIONS, *GEOMETRIC, *OCCLUSIONS, *SUPPORT_SHIFTS)
+    return (*CORRUPTIONS, *GEOMETRIC, *OCCLUSIONS, *SUPPORT_SHIFTS, *SUPPORT_QUERY_SHIFTS)
 
 
 @hookimpl

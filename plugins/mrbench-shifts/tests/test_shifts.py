@@ -133,6 +133,7 @@ STATISTICS: dict[str, tuple[Callable[[Episode, Episode], float], int]] = {
     "dotted-line": (mad, UP),
     "label-noise": (flipped_labels, UP),
     "class-imbalance": (duplicate_support, UP),
+    "support-query-shift": (mad, UP),
 }
 STATISTIC_NAMES = {
     mad: "mean abs. difference from clean",
@@ -395,3 +396,52 @@ def test_readme_documents_the_levels_and_statistic(shift_id):
     assert readme_row(shift_id) in README.read_text(encoding="utf-8"), (
         f"README.md is out of date for {shift_id}; its row should be:\n{readme_row(shift_id)}"
     )
+
+
+# --- support-query shift ---------------------------------------------------------------
+
+
+def test_support_query_shift_default_lists_are_disjoint_known_corruptions():
+    from mrbench_shifts.support_query import QUERY_CORRUPTIONS, SUPPORT_CORRUPTIONS
+
+    assert not set(SUPPORT_CORRUPTIONS) & set(QUERY_CORRUPTIONS)
+    assert set(SUPPORT_CORRUPTIONS) | set(QUERY_CORRUPTIONS) == set(CORRUPTIONS)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"support": ["jpeg", "fog"], "query": ["jpeg"]}, r"disjoint.*\['jpeg'\]"),
+    ({"support": ["no-such-corruption"]}, r"unknown corruptions \['no-such-corruption'\]; known: gaussian-noise"),
+    ({"query": []}, r"query lists no corruption"),
+    ({"support": ["fog", "fog"]}, r"twice"),
+])
+def test_support_query_shift_rejects_bad_lists(options, message):
+    with pytest.raises(OptionsError, match=message):
+        REGISTRY.create("shift", "support-query-shift", options)
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+def test_support_query_shift_applies_one_corruption_to_each_side(severity, episodes):
+    # Deterministic corruptions, so the expected images do not depend on the draws.
+    shift = REGISTRY.create("shift", "support-query-shift", {"support": ["contrast"], "query": ["jpeg"]})
+    out = shift.apply(episodes, severity, gen(4))
+    contrast, jpeg = REGISTRY.create("shift", "contrast"), REGISTRY.create("shift", "jpeg")
+    torch.testing.assert_close(out.x_support, contrast.corrupt_images(episodes.x_support, severity, gen()))
+    torch.testing.assert_close(out.x_query, jpeg.corrupt_images(episodes.x_query, severity, gen()))
+    assert torch.equal(out.y_support, episodes.y_support) and torch.equal(out.y_query, episodes.y_query)
+
+
+def test_support_query_shift_draws_a_pair_per_episode(episodes):
+    shift = REGISTRY.create("shift", "support-query-shift", {"support": ["contrast", "pixelate"],
+                                                               "query": ["jpeg", "brightness"]})
+    support, query = shift.draw(N_EPISODES, gen(11))
+    out = shift.apply(episodes, 3, gen(11))
+    for e in range(N_EPISODES):
+        s = REGISTRY.create("shift", support[e]).corrupt_images(episodes.x_support[e], 3, gen())
+        q = REGISTRY.create("shift", query[e]).corrupt_images(episodes.x_query[e], 3, gen())
+        torch.testing.assert_close(out.x_support[e], s)
+        torch.testing.assert_close(out.x_query[e], q)
+    # Over many episodes every corruption of each list is drawn, and a side never takes the other's.
+    support, query = REGISTRY.create("shift", "support-query-shift").draw(2000, gen(0))
+    from mrbench_shifts.support_query import QUERY_CORRUPTIONS, SUPPORT_CORRUPTIONS
+
+    assert set(support) == set(SUPPORT_CORRUPTIONS) and set(query) == set(QUERY_CORRUPTIONS)
