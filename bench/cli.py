@@ -92,7 +92,9 @@ def cmd_attacks(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from bench.results.frame import first_episodes, markdown_table, paired_comparison, paired_notes
+    from bench.results.frame import (
+        first_episodes, markdown_table, model_comparison, model_comparison_notes, paired_comparison, paired_notes,
+    )
 
     if args.episodes is not None and args.episodes < 1:
         raise MrbenchError(f"--episodes must be at least 1, got {args.episodes}.")
@@ -109,6 +111,12 @@ def cmd_results(args: argparse.Namespace) -> int:
             raise MrbenchError(f"No checkpoint among these entries has both {a.strip()!r} and {b.strip()!r}.",
                                f"Scenarios in these entries: {', '.join(known)}.")
         notes += paired_notes(rows)
+    for pair in args.versus or ():
+        a, sep, b = pair.partition(",")
+        if not sep or not a.strip() or not b.strip():
+            raise MrbenchError(f"--versus takes two result entries separated by a comma, got {pair!r}.",
+                               "E.g. --versus runs/protonet-adv.json,runs/protonet.json.")
+        notes += model_comparison_notes(model_comparison(a.strip(), b.strip(), args.episodes))
     text = markdown_table(entries, sources=[Path(p).name for p in args.entries], extra_notes=notes)
     if args.out:
         Path(args.out).write_text(text)
@@ -639,6 +647,11 @@ def _add_results(sub: Any) -> None:
                     help="compare scenario A with scenario B episode by episode for every checkpoint that has both "
                          "(in one entry or two): episodes lower/equal/higher and the mean difference with a paired "
                          "95%% CI, under the table; repeatable")
+    sp.add_argument("--versus", action="append", metavar="A.json,B.json",
+                    help="compare entry A with entry B (two models of one suite, e.g. adversarially trained vs "
+                         "natural) on every scenario both measured, episode by episode: lower/equal/higher, the "
+                         "mean difference with a paired 95%% CI and the paired t-test's p, under the table; "
+                         "repeatable")
     sp.set_defaults(func=cmd_results)
 
 

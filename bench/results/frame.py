@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.errors import MrbenchError
 from bench.results import episodes_file
-from bench.results.stats import mean_ci95
+from bench.results.stats import mean_ci95, paired_t_test
 
 
 def load_entry(path: str | Path) -> dict[str, Any]:
@@ -92,6 +92,49 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
                     "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
                     "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci})
     return out
+
+
+def model_comparison(path_a: str | Path, path_b: str | Path, n: int | None = None) -> list[dict[str, Any]]:
+    """Entry ``path_a`` against entry ``path_b``, scenario by scenario, episode by episode.
+
+    Two models on one suite share its episodes, so each scenario both entries measured
+    compares on the episodes both hold (the first ``n`` when given): episodes where
+    ``a`` is lower, equal and higher, the mean per-episode difference ``a - b`` with its
+    paired 95% CI and the paired t-test's two-sided p-value (e.g. an adversarially
+    trained model against its natural one: is the gain significant?).
+
+    :raises bench.errors.MrbenchError: entries of different suites.
+    """
+    pa, pb = Path(path_a), Path(path_b)
+    ea, eb = load_entry(pa), load_entry(pb)
+    if (ea["suite"]["id"], ea["suite"]["version"]) != (eb["suite"]["id"], eb["suite"]["version"]):
+        raise MrbenchError(f"{pa.name} and {pb.name} are on different suites; their episodes cannot be paired.",
+                           "Compare entries of one suite.")
+    common_scenarios = [s for s in ea["metrics"] if s in eb["metrics"]]  # clean at least
+    ra, rb = _per_episode(pa), _per_episode(pb)
+    out = []
+    for sc in common_scenarios:
+        xa, xb = ra.get(sc, {}), rb.get(sc, {})
+        common = [e for e in xa if e in xb and (n is None or e < n)]
+        if not common:
+            continue
+        va, vb = [xa[e][0] / xa[e][1] for e in common], [xb[e][0] / xb[e][1] for e in common]
+        d = [x - y for x, y in zip(va, vb)]
+        mean, ci = mean_ci95(d)
+        out.append({"scenario": sc, "a": entry_label(ea), "b": entry_label(eb), "files": (pa.name, pb.name),
+                    "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
+                    "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci,
+                    "p": paired_t_test(va, vb).p})
+    return out
+
+
+def model_comparison_notes(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Markdown bullet lines for :func:`model_comparison` rows."""
+    return [f"- `{r['scenario']}`: {r['a']} ({r['files'][0]}) vs {r['b']} ({r['files'][1]}) on the same "
+            f"{r['n_episodes']} episodes: lower on {r['lower']}, equal on {r['equal']}, higher on {r['higher']}; "
+            f"mean difference {100 * r['mean_difference']:+.2f} points +- {100 * r['ci95']:.2f} (paired 95% CI), "
+            f"paired t-test p = {r['p']:.3g}"
+            for r in rows]
 
 
 def paired_notes(rows: Iterable[dict[str, Any]]) -> list[str]:
