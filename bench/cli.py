@@ -91,6 +91,17 @@ def cmd_attacks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_pair(text: str) -> tuple[str, str, str]:
+    """``A,B`` split at its first comma outside ``[...]``, like ``str.partition``: attack
+    options may hold commas (``pgd-margin[steps=100,restarts=5]@16/255:query``)."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            return text[:i], ",", text[i + 1:]
+    return text, "", ""
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     from bench.results.frame import (
         first_episodes, markdown_table, model_comparison, model_comparison_notes, paired_comparison, paired_notes,
@@ -101,7 +112,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     entries = args.entries if args.episodes is None else [first_episodes(p, args.episodes) for p in args.entries]
     notes: list[str] = []
     for pair in args.paired or ():
-        a, sep, b = pair.partition(",")
+        a, sep, b = _split_pair(pair)
         if not sep or not a or not b:
             raise MrbenchError(f"--paired takes two scenario names separated by a comma, got {pair!r}.",
                                "E.g. --paired 'autoattack@16/255:query,pgd-linf@16/255:query'.")

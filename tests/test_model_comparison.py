@@ -53,3 +53,15 @@ def test_versus_cli_and_its_errors(capsys):
     assert "two result entries separated by a comma" in capsys.readouterr().err
     assert main(["results", str(ADV), "--versus", f"{ADV},{OTHER_SUITE}"]) == 2
     assert "on different suites" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("text", "parts"), [
+    ("pgd-margin[restarts=5,steps=100]@16/255:query,pgd-linf@16/255:query",
+     ("pgd-margin[restarts=5,steps=100]@16/255:query", ",", "pgd-linf@16/255:query")),
+    ("a.json,b.json", ("a.json", ",", "b.json")),
+    ("fgsm@16/255:query", ("fgsm@16/255:query", "", "")),
+])
+def test_paired_splits_at_the_comma_outside_attack_options(text, parts):
+    from bench.cli import _split_pair
+
+    assert _split_pair(text) == parts
