@@ -65,3 +65,18 @@ def test_paired_splits_at_the_comma_outside_attack_options(text, parts):
     from bench.cli import _split_pair
 
     assert _split_pair(text) == parts
+
+
+def test_paired_keeps_models_of_one_weights_family_apart():
+    # easyfsl-tim and easyfsl-simple-shot share the classical checkpoint's weights: two models, two rows,
+    # each from its own per-episode file.
+    from bench.results.frame import paired_comparison
+
+    entries = ROOT / "omniglot-5w1s/v1/entries"
+    tim, shot = entries / "easyfsl-tim-omniglot-5w1s.json", entries / "easyfsl-simple-shot-omniglot-5w1s.json"
+    rows = paired_comparison([tim, shot], "pgd-linf@16/255:query", "clean")
+    assert sorted(r["algorithm"] for r in rows) == ["easyfsl-simple-shot", "easyfsl-tim"]
+    for r, path in ((next(r for r in rows if r["algorithm"] == "easyfsl-tim"), tim),
+                    (next(r for r in rows if r["algorithm"] == "easyfsl-simple-shot"), shot)):
+        acc = _accuracy(path)
+        assert r["mean_difference"] == pytest.approx((acc["pgd-linf@16/255:query"] - acc["clean"]).mean())

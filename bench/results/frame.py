@@ -59,23 +59,23 @@ def _per_episode(path: Path) -> episodes_file.Counts:
 def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None = None) -> list[dict[str, Any]]:
     """Scenario ``a`` against scenario ``b`` episode by episode, per checkpoint.
 
-    For every checkpoint (sha256) among the entries at ``paths`` that has both
-    scenarios (in one entry or in two, e.g. an ensemble run next to the attack grid of
-    the same checkpoint), on the episodes both were measured on (the first ``n`` when
+    For every model (:func:`_model_key`: algorithm, options and weights) among the
+    entries at ``paths`` that has both scenarios (in one entry or in two, e.g. an
+    ensemble run next to the attack grid of the same checkpoint), on the episodes both were measured on (the first ``n`` when
     given): on how many episodes ``a``'s accuracy is lower, equal and higher than
     ``b``'s, and the mean per-episode difference ``a - b`` with its 95% CI (a paired
     interval: much narrower than the two CIs side by side when the scenarios share
     their episodes). Both scenarios must come from the same suite manifest prefix,
     which the episode indices assume; entries of another suite are an error.
     """
-    found: dict[str, dict[str, tuple[Path, dict[str, Any]]]] = {}  # sha -> scenario -> (path, entry)
+    found: dict[tuple[str, str, str], dict[str, tuple[Path, dict[str, Any]]]] = {}  # model -> scenario -> (path, entry)
     for p in map(Path, paths):
         entry = load_entry(p)
         for sc in (a, b):
             if sc in entry["metrics"]:
-                found.setdefault(entry["checkpoint"]["sha256"], {}).setdefault(sc, (p, entry))
+                found.setdefault(_model_key(entry), {}).setdefault(sc, (p, entry))
     out = []
-    for sha, by in found.items():
+    for (_, _, sha), by in found.items():
         if a not in by or b not in by:
             continue
         (pa, ea), (pb, eb) = by[a], by[b]
@@ -92,6 +92,16 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
                     "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
                     "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci})
     return out
+
+
+def _model_key(entry: dict[str, Any]) -> tuple[str, str, str]:
+    """What makes two entries the same model: the algorithm with its options and the
+    weights (their digest where the entry records it, so a zoo copy of a checkpoint file
+    pairs with the file; else the file's sha256). Algorithms of one weights family share
+    weights but are different models."""
+    ckpt = entry["checkpoint"]
+    return (entry["algorithm"]["id"], json.dumps(entry["algorithm"].get("options") or {}, sort_keys=True),
+            ckpt.get("weights_sha256") or ckpt["sha256"])
 
 
 def model_comparison(path_a: str | Path, path_b: str | Path, n: int | None = None) -> list[dict[str, Any]]:
