@@ -123,7 +123,7 @@ def cmd_results(args: argparse.Namespace) -> int:
                                f"Scenarios in these entries: {', '.join(known)}.")
         notes += paired_notes(rows)
     for pair in args.versus or ():
-        a, sep, b = pair.partition(",")
+        a, sep, b = _split_pair(pair)
         if not sep or not a.strip() or not b.strip():
             raise MrbenchError(f"--versus takes two result entries separated by a comma, got {pair!r}.",
                                "E.g. --versus runs/protonet-adv.json,runs/protonet.json.")

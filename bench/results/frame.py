@@ -61,8 +61,8 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
 
     For every model (:func:`_model_key`: algorithm, options and weights) among the
     entries at ``paths`` that has both scenarios (in one entry or in two, e.g. an
-    ensemble run next to the attack grid of the same checkpoint), on the episodes both were measured on (the first ``n`` when
-    given): on how many episodes ``a``'s accuracy is lower, equal and higher than
+    ensemble run next to the attack grid of the same checkpoint), on the episodes both
+    were measured on (the first ``n`` when given): on how many episodes ``a``'s accuracy is lower, equal and higher than
     ``b``'s, and the mean per-episode difference ``a - b`` with its 95% CI (a paired
     interval: much narrower than the two CIs side by side when the scenarios share
     their episodes). Both scenarios must come from the same suite manifest prefix,
@@ -82,15 +82,10 @@ def paired_comparison(paths: Iterable[str | Path], a: str, b: str, n: int | None
         if ea["suite"]["id"] != eb["suite"]["id"] or ea["suite"]["version"] != eb["suite"]["version"]:
             raise MrbenchError(f"{pa.name} and {pb.name} are on different suites; their episodes cannot be paired.",
                                "Compare entries of one suite.")
-        ra, rb = _per_episode(pa).get(a, {}), _per_episode(pb).get(b, {})
-        common = [e for e in ra if e in rb and (n is None or e < n)]  # in the order of a's file, as written
-        if not common:
-            continue
-        d = [ra[e][0] / ra[e][1] - rb[e][0] / rb[e][1] for e in common]
-        mean, ci = mean_ci95(d)
-        out.append({"algorithm": entry_label(ea), "checkpoint_sha256": sha, "a": a, "b": b, "files": (pa.name, pb.name),
-                    "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
-                    "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci})
+        diff = _differences(_per_episode(pa).get(a, {}), _per_episode(pb).get(b, {}), n)
+        if diff is not None:
+            out.append({"algorithm": entry_label(ea), "checkpoint_sha256": sha, "a": a, "b": b,
+                        "files": (pa.name, pb.name), **diff})
     return out
 
 
@@ -124,18 +119,26 @@ def model_comparison(path_a: str | Path, path_b: str | Path, n: int | None = Non
     ra, rb = _per_episode(pa), _per_episode(pb)
     out = []
     for sc in common_scenarios:
-        xa, xb = ra.get(sc, {}), rb.get(sc, {})
-        common = [e for e in xa if e in xb and (n is None or e < n)]
-        if not common:
-            continue
-        va, vb = [xa[e][0] / xa[e][1] for e in common], [xb[e][0] / xb[e][1] for e in common]
-        d = [x - y for x, y in zip(va, vb)]
-        mean, ci = mean_ci95(d)
-        out.append({"scenario": sc, "a": entry_label(ea), "b": entry_label(eb), "files": (pa.name, pb.name),
-                    "n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
-                    "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci,
-                    "p": paired_t_test(va, vb).p})
+        diff = _differences(ra.get(sc, {}), rb.get(sc, {}), n)
+        if diff is not None:
+            out.append({"scenario": sc, "a": entry_label(ea), "b": entry_label(eb), "files": (pa.name, pb.name),
+                        **diff})
     return out
+
+
+def _differences(ra: dict[int, tuple[int, int]], rb: dict[int, tuple[int, int]], n: int | None) -> dict[str, Any] | None:
+    """Per-episode accuracies ``ra`` against ``rb`` (episode -> (correct, total)) on the
+    episodes both hold (the first ``n`` when given), in the order of ``ra``: episode
+    counts where ``a`` is lower, equal and higher, the mean difference ``a - b`` with its
+    95% CI and the paired t-test's p; ``None`` when they share no episode."""
+    common = [e for e in ra if e in rb and (n is None or e < n)]
+    if not common:
+        return None
+    va, vb = [ra[e][0] / ra[e][1] for e in common], [rb[e][0] / rb[e][1] for e in common]
+    d = [x - y for x, y in zip(va, vb)]
+    mean, ci = mean_ci95(d)
+    return {"n_episodes": len(common), "lower": sum(x < 0 for x in d), "equal": sum(x == 0 for x in d),
+            "higher": sum(x > 0 for x in d), "mean_difference": mean, "ci95": ci, "p": paired_t_test(va, vb).p}
 
 
 def model_comparison_notes(rows: Iterable[dict[str, Any]]) -> list[str]:
