@@ -40,11 +40,9 @@ QUERY_CORRUPTIONS: tuple[str, ...] = (
 
 def corruption_classes() -> dict[str, type[Corruption]]:
     """This distribution's image corruptions by id."""
-    from mrbench_shifts.corruptions import CORRUPTIONS
-    from mrbench_shifts.geometry import GEOMETRIC
-    from mrbench_shifts.occlusions import OCCLUSIONS
+    from mrbench_shifts import all_shifts
 
-    return {cls.id: cls for cls in (*CORRUPTIONS, *GEOMETRIC, *OCCLUSIONS)}
+    return {cls.id: cls for cls in all_shifts() if issubclass(cls, Corruption)}
 
 
 class SupportQueryShiftOptions(Options):
