@@ -13,8 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from easyfsl import methods
-from easyfsl.methods import BDCSPN, FEAT, LaplacianShot, PrototypicalNetworks, SimpleShot  # noqa: F401 (by name)
-from easyfsl.modules import MultiHeadAttention  # noqa: F401 (by name)
+from easyfsl.methods import BDCSPN, FEAT, PrototypicalNetworks, SimpleShot  # noqa: F401 (looked up by LazyMethod)
 from torch import Tensor
 
 from bench.components import Params

@@ -38,7 +38,7 @@ easyfsl's classical-training notebook and of mrbench's ``finetune`` baseline.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
