@@ -53,6 +53,10 @@ def test_versus_cli_and_its_errors(capsys):
     assert "two result entries separated by a comma" in capsys.readouterr().err
     assert main(["results", str(ADV), "--versus", f"{ADV},{OTHER_SUITE}"]) == 2
     assert "on different suites" in capsys.readouterr().err
+    assert main(["results", str(ADV), "--versus", f"no-such-entry.json,{NAT}"]) == 2
+    assert "Result entry no-such-entry.json does not exist" in capsys.readouterr().err
+    assert main(["results", "no-such-entry.json"]) == 2
+    assert "Result entry no-such-entry.json does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("text", "parts"), [

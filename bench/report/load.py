@@ -80,13 +80,7 @@ def load_result(e: str | Path | dict, index: int) -> LoadedEntry:
     else:
         path = Path(e)
         where, source = f"Result entry {path}", path.name
-        try:
-            entry = load_entry(path)
-        except FileNotFoundError:
-            raise MrbenchError(f"{where} does not exist.", "Check the path of the RESULT.json file.") from None
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise MrbenchError(f"{where} cannot be read: {exc}.",
-                               "Pass a RESULT.json file written by `mrbench evaluate`.") from None
+        entry = load_entry(path)  # a missing or unreadable file is an error naming it
     hint = "Pass a RESULT.json file written by `mrbench evaluate`."
     if not isinstance(entry, dict) or entry.get("kind") != "mrbench-result":
         kind = entry.get("kind") if isinstance(entry, dict) else type(entry).__name__

@@ -15,8 +15,18 @@ from bench.results.stats import mean_ci95, paired_t_test
 
 
 def load_entry(path: str | Path) -> dict[str, Any]:
-    """Read a result entry JSON written by :func:`bench.evaluate`."""
-    return json.loads(Path(path).read_text())
+    """Read a result entry JSON written by :func:`bench.evaluate`.
+
+    :raises bench.errors.MrbenchError: the file is missing, unreadable or not JSON (naming it).
+    """
+    where = f"Result entry {path}"
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise MrbenchError(f"{where} does not exist.", "Check the path of the RESULT.json file.") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MrbenchError(f"{where} cannot be read: {exc}.",
+                           "Pass a RESULT.json file written by `mrbench evaluate`.") from None
 
 
 def first_episodes(path: str | Path, n: int) -> dict[str, Any]:
