@@ -2,7 +2,9 @@
 
 :func:`bench.attacks.sanity_checks` vets an evaluation's attacks against reference
 attacks: an iterative gradient attack (its steps, eps and a single-step attack bracket
-it), a gradient-free attack (a much stronger one is a sign of gradient masking), and for
+it), a margin-loss attack with the same steps (a much stronger one means the
+cross-entropy saturates or its logits are too flat to steer PGD, so the column is too
+optimistic), a gradient-free attack (a much stronger one is a sign of gradient masking), and for
 the poisoning targets a margin-loss attack through adaptation and a gradient-free search
 over the support perturbations. Which attacks play these roles is part of the protocol,
 so the suite says so in its ``[attacks.sanity]`` table; every role it leaves out (and
@@ -12,6 +14,7 @@ attacks every suite so far has used::
     [attacks.sanity]
     iterative = { linf = "pgd-linf", l2 = "pgd-l2" }
     single_step = { linf = "fgsm" }
+    margin = { linf = "pgd-margin" }
     gradient_free = { linf = "square", l2 = "square-l2" }
     gradient_free_options = { n_queries = 1000 }
     poison = "apgd-margin"
@@ -47,6 +50,9 @@ class SanityReferences:
         steps and at an eps spanning the whole pixel range.
     :param single_step: per norm, a single-step attack the iterative one must beat
         (no check for a norm without one).
+    :param margin: per norm, the margin-loss attack of the query target's loss check
+        (it takes ``steps``: the evaluation's); it must not be far stronger than the
+        iterative reference (no check for a norm without one).
     :param gradient_free: per norm, the gradient-free attack of the query target's
         masking check, with ``gradient_free_options``.
     :param poison: the margin-loss poisoning attack the checks vet when the evaluation
@@ -61,6 +67,7 @@ class SanityReferences:
 
     iterative: tuple[tuple[str, str], ...] = (("l2", "pgd-l2"), ("linf", "pgd-linf"))
     single_step: tuple[tuple[str, str], ...] = (("linf", "fgsm"),)
+    margin: tuple[tuple[str, str], ...] = (("linf", "pgd-margin"),)
     gradient_free: tuple[tuple[str, str], ...] = (("l2", "square-l2"), ("linf", "square"))
     gradient_free_options: tuple[tuple[str, Any], ...] = (("n_queries", 1000),)
     poison: str = "apgd-margin"
@@ -69,7 +76,7 @@ class SanityReferences:
     poison_ensemble: str = "apgd-ensemble"
 
     def for_norm(self, role: str, norm: str) -> str | None:
-        """The attack id playing ``role`` (``iterative``, ``single_step``, ``gradient_free``)
+        """The attack id playing ``role`` (``iterative``, ``single_step``, ``margin``, ``gradient_free``)
         for ``norm``; ``None`` where the suite declares none."""
         return dict(getattr(self, role)).get(norm)
 
@@ -82,7 +89,7 @@ class SanityReferences:
 DEFAULT = SanityReferences()
 """The references of a suite without an ``[attacks.sanity]`` table."""
 
-_PER_NORM = ("iterative", "single_step", "gradient_free")
+_PER_NORM = ("iterative", "single_step", "margin", "gradient_free")
 _OPTIONS = ("gradient_free_options", "poison_options")
 _IDS = ("poison", "poison_gradient_free")
 

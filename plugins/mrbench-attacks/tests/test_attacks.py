@@ -307,6 +307,26 @@ def test_sanity_checks_flag_a_gradient_masked_learner(registry):
     assert any("gradient-free" in f for f in res.failures)
 
 
+@pytest.mark.parametrize("scale, flagged", [(1e-3, True), (10.0, False), (100.0, True)])
+def test_sanity_checks_flag_a_cross_entropy_on_the_wrong_logit_scale(registry, scale, flagged):
+    # One nearest-centroid learner, its logits scaled. The margin loss steers PGD the same
+    # at every scale (its sign gradient does not depend on it); the cross-entropy does
+    # not: at 1e-3 the softmax is flat and raising every wrong class alike moves no query
+    # to its nearest wrong class (as with cosine or sigmoid scores), at 100 it is one-hot
+    # and its gradient vanishes. At 10 both find the same adversarial queries.
+    ep = _sanity_episodes()
+    victim = Victim(Centroid(), {"scale": torch.tensor(scale)}, 3)
+    res = sanity_checks(registry, victim, ep, eps=0.1, norm="linf", target="query", steps=8, generator_seed=0)
+    check = res.checks["margin-loss"]
+    assert check["passed"] is not flagged, res.checks
+    assert check["margin"] < 0.3, check  # the margin breaks ~3 in 4 queries at every scale
+    if flagged:
+        assert check["pgd"] > check["margin"] + 0.5, check
+        assert any(f.startswith("margin-loss: pgd-margin") for f in res.failures), res.failures
+    if scale < 1:  # the flat softmax: only this check sees it, Square is weaker than PGD there
+        assert res.checks["gradient-free"]["passed"], res.checks
+
+
 def test_sanity_checks_pass_on_an_honest_learner(registry):
     ep = _sanity_episodes()
     honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
@@ -492,13 +512,14 @@ def test_sanity_checks_run_the_reference_attacks_the_suite_declares(registry):
     honest = Victim(Centroid(), {"scale": torch.ones(())}, 3)
     rec = _Recording(registry)
     sanity_checks(rec, honest, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0)
-    assert set(rec.ids) == {"pgd-linf", "fgsm", "square"}  # the defaults: today's first-party references
-    refs = sanity_references({"sanity": {"iterative": {"linf": "pgd-margin"}, "gradient_free_options": {"n_queries": 20}}})
+    assert set(rec.ids) == {"pgd-linf", "fgsm", "pgd-margin", "square"}  # the defaults: today's first-party references
+    refs = sanity_references({"sanity": {"iterative": {"linf": "pgd-margin"}, "margin": {"linf": "apgd-margin"},
+                                         "gradient_free_options": {"n_queries": 20}}})
     assert refs.for_norm("iterative", "l2") == DEFAULT.for_norm("iterative", "l2")  # undeclared norms keep theirs
     rec = _Recording(registry)
     res = sanity_checks(rec, honest, ep, eps=0.25, norm="linf", target="query", steps=4, generator_seed=0, refs=refs)
-    assert set(rec.ids) == {"pgd-margin", "fgsm", "square"}, rec.ids
-    assert {"steps-monotone", "eps-monotone", "pgd-vs-fgsm", "large-eps", "gradient-free"} <= set(res.checks)
+    assert set(rec.ids) == {"pgd-margin", "fgsm", "apgd-margin", "square"}, rec.ids
+    assert {"steps-monotone", "eps-monotone", "pgd-vs-fgsm", "large-eps", "margin-loss", "gradient-free"} <= set(res.checks)
     # Poisoning targets: the declared iterative reference is what the poison must beat per episode, and the
     # declared gradient-free poisoning attack does the masking check.
     refs = sanity_references({"sanity": {"iterative": {"linf": "pgd-margin"}, "single_step": {"linf": "fgsm"},
