@@ -309,6 +309,36 @@ def test_robust_columns_in_markdown(root):
     assert "| 50.00 ± 1.00 (1 sc.) |" in md
 
 
+def test_the_robustness_ranking_orders_rows_by_best_known_accuracy(root):
+    lb.build(root)  # clean results only: nothing to rank
+    assert "## Robustness ranking" not in (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    base = _base_counts()
+    pgd = [(c // 2, t) for c, t in base]
+    weak = [(c // 3, t) for c, t in base]
+    aa = [(c // 4, t) for c, t in base[:200]]
+    entries = _entries(root)
+    write_entry(entries, "protonet", base, scenarios={"pgd-linf@16/255:query": pgd})
+    write_entry(entries, "protonet-tied", _tied(base), scenarios={"pgd-linf@16/255:query": _tied(pgd)})
+    # the worse model's PGD-20 is lower still, and AutoAttack on the subset lowers its best known again
+    write_entry(entries, "protonet-worse", _worse(base), scenarios={"pgd-linf@16/255:query": weak})
+    write_entry(entries, "protonet-worse-aa", _worse(base)[:200], edit=_ensemble_edit("protonet-worse"),
+                scenarios={"autoattack@16/255:query": aa})
+    lb.build(root)
+    lb.check(root)
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    section = md[md.index("## Robustness ranking"):md.index("## Robustness and shifts")]
+    assert "### `16/255:query`" in section
+    lines = [x for x in section.splitlines() if x.startswith("| ") and not x.startswith("| Rank")]
+    cells = [[c.strip() for c in x.strip("|").split(" | ")] for x in lines]
+    assert [c[0] for c in cells] == ["1=", "1=", "3"]  # the tied pair shares rank 1; the worse model is last
+    assert len({c[-1] for c in cells}) == 3 and all(len(c[-1]) == 14 for c in cells)  # each row its checkpoint
+    acc, ci = mean_ci95([c / t for c, t in aa])
+    assert cells[2][3:8] == [f"{100 * acc:.2f}", f"{100 * ci:.2f}", "200", "`autoattack`", "yes"], cells[2]
+    assert cells[0][7] == cells[1][7] == "no"  # PGD only: an upper bound the text says stronger attacks lower
+    assert float(cells[1][8]) >= 0.05 and cells[2][8] == "<0.001"  # p vs. above: tie, then a clear gap
+    assert "only a row with `autoattack` among its attacks rests on the suite's ensemble" in section
+
+
 def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable[[dict[str, Any]], None]:
     """An entry on the suite's ensemble subset (its first ``n`` episodes) of the checkpoint of entry ``model``."""
     def edit(e: dict[str, Any]) -> None:

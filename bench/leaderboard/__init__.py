@@ -32,6 +32,13 @@ rank of its first entry, and every member of such a group shows it with a traili
 ``=`` ("1=", "1=", "3"); the p-value against the row above is printed so a reader
 can see where a chain is weak.
 
+Robustness ranking. table.md also ranks the rows by their best-known robust accuracy
+under query evasion at each eps (:func:`bench.leaderboard.ranking.robustness_ranking`:
+the lowest accuracy any attack run on the model reached, most robust first, per
+section), with the same tie rule on the per-episode results of the two best-known
+scenarios over the episodes both cover, and says which rows rest on the suite's
+ensemble: the others are upper bounds from weaker attacks.
+
 Ensemble entries. A suite whose ``[attacks]`` table declares an ensemble run on a
 fixed subset of its episodes (``ensemble``, ``ensemble_episodes``, and the subset's
 pinned ``ensemble_manifest_sha256``) accepts entries on exactly that subset that

@@ -3,11 +3,14 @@ entries and the notes."""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
-from bench.leaderboard.columns import MARKDOWN, Column, RowView, robustness_markdown_columns, row_views
-from bench.leaderboard.format import display_name, md, pct
-from bench.leaderboard.ranking import SECTIONS, ranking_note
+from bench.leaderboard.columns import (MARKDOWN, Column, RowView, best_known_columns, robustness_markdown_columns,
+                                       row_views)
+from bench.leaderboard.format import display_name, md, p_value, pct
+from bench.leaderboard.ranking import SECTIONS, ranking_note, robustness_ranking
+from bench.protocol.scenarios import parse
 
 if TYPE_CHECKING:
     from bench.leaderboard.board import Board
@@ -41,6 +44,7 @@ def render_markdown(board: Board, rows: list[Row]) -> str:
             out.append(f"No {section} entries.")
             continue
         out += table(MARKDOWN, shown)
+    out += _robust_ranking_markdown(board, rows)
     out += _robustness_markdown(rows, views)
     out += _withdrawn_markdown(board)
     out += ["", "## Notes", "", ranking_note()]
@@ -86,6 +90,44 @@ def _robustness_markdown(rows: list[Row], views: list[RowView]) -> list[str]:
             "external evaluations'), compared on the episodes they all cover, and which attack reached it: a robust "
             "accuracy is an upper bound, only as good as the strongest attack run.", "",
             *table(columns, shown)]
+
+
+def _robust_ranking_markdown(board: Board, rows: list[Row]) -> list[str]:
+    """The "Robustness ranking" section: per query-target cell with a best-known robust
+    accuracy, the rows most robust first (:func:`bench.leaderboard.ranking.robustness_ranking`),
+    and whether the suite's ensemble (AutoAttack) is among the attacks behind each number."""
+    cells = [c for c in best_known_columns(rows) if c.endswith(":query")]
+    if not cells:
+        return []
+    ensemble = (board.suite.attacks or {}).get("ensemble")
+    out = ["", "## Robustness ranking", "",
+           "Query evasion: the rows ranked by their best-known robust accuracy (the lowest accuracy any attack run "
+           "on the model reached, see \"Robustness and shifts\"), most robust first, per section. Adjacent rows "
+           "tie (N=) when a paired two-sided t-test on the per-episode results of their best-known scenarios, over "
+           "the episodes both cover, is not significant. A robust accuracy is an upper bound: "
+           + (f"only a row with `{ensemble}` among its attacks rests on the suite's ensemble (on its "
+              f"{(board.suite.attacks or {}).get('ensemble_episodes', '')}-episode subset); the others rest on weaker "
+              "attacks, and stronger ones can only lower them." if ensemble else
+              "stronger attacks can only lower it.")]
+    for cell in cells:
+        ranked = robustness_ranking(rows, cell)
+        out += ["", f"### `{cell}`", "",
+                "| Rank | Algorithm | Section | Best known (%) | ± 95% CI | Episodes | Reached by | "
+                + (f"`{ensemble}` run | " if ensemble else "") + "p vs. above | Clean acc. (%) | Checkpoint |",
+                "|---:|---|---|---:|---:|---:|---|" + ("---|" if ensemble else "") + "---:|---:|---|"]
+        for r in ranked:
+            en = r.entry.entry
+            name = display_name(en) + (" †" if en.unreliable else "")
+            ci = "" if math.isnan(r.best.ci95) else pct(r.best.ci95)
+            ids = {parse(k).attack for k in r.attacks if parse(k).kind == "attack"}
+            cells_ = [r.rank, name, r.section, pct(r.best.accuracy), ci, str(r.best.n_episodes),
+                      f"`{r.best.scenario.rsplit('@', 1)[0]}`"]
+            if ensemble:
+                cells_.append("yes" if ensemble in ids else "no")
+            cells_ += [p_value(r.p_vs_above), pct(en.metrics["clean"].accuracy),
+                       f"`{r.entry.weights[:12]}`" if r.entry.weights else ""]
+            out.append(row(cells_))
+    return out
 
 
 def _withdrawn_markdown(board: Board) -> list[str]:

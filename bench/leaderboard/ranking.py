@@ -134,6 +134,66 @@ def best_known(entry: Entry) -> dict[str, BestKnown]:
     return out
 
 
+@dataclass(frozen=True)
+class RobustRow:
+    """A row of the robustness ranking at one ``EPS:TARGET`` cell.
+
+    :param rank: ``"3"``, or ``"1="`` for a member of a tie group.
+    :param best: the row's best-known robust accuracy at the cell.
+    :param p_vs_above: p-value of the paired test against the row above, on the
+        episodes both best-known scenarios cover (``None`` for the first).
+    :param attacks: the attack scenarios of the entry at the cell (every one the
+        best-known accuracy is the lowest of).
+    """
+
+    section: str
+    rank: str
+    entry: Entry
+    best: BestKnown
+    p_vs_above: float | None
+    attacks: tuple[str, ...]
+
+
+def robustness_ranking(rows: list[Row], cell: str, alpha: float = ALPHA) -> list[RobustRow]:
+    """The rows with a best-known robust accuracy at ``cell`` (``EPS:TARGET``), most robust
+    first, per section (as the clean ranking: transductive learners see every query at
+    once). Adjacent rows tie when a paired two-sided t-test on the per-episode results of
+    their best-known scenarios, over the episodes both cover, is not significant.
+
+    :param rows: from :func:`rank` (entries merged with their supplements).
+    """
+    out: list[RobustRow] = []
+    for section, _ in SECTIONS:
+        items = []
+        for r in rows:
+            b = best_known(r.entry).get(cell) if r.section == section else None
+            if b is not None:
+                names = tuple(sorted(k for k in r.entry.entry.metrics if _cell_of(k) == cell))
+                items.append((r.entry, b, names))
+        items.sort(key=lambda t: (-t[1].accuracy, t[0].name))
+        starts: list[int] = []
+        pvals: list[float | None] = []
+        for i, (e, b, _) in enumerate(items):
+            if i == 0:
+                starts.append(0)
+                pvals.append(None)
+                continue
+            above, b_above = items[i - 1][0], items[i - 1][1]
+            n = min(b.n_episodes, b_above.n_episodes)
+            test = paired_t_test(above.episodes[b_above.scenario][:n], e.episodes[b.scenario][:n])
+            starts.append(starts[-1] if not test.significant(alpha) else i)
+            pvals.append(test.p)
+        for i, (e, b, names) in enumerate(items):
+            tied = starts.count(starts[i]) > 1
+            out.append(RobustRow(section, f"{starts[i] + 1}{'=' if tied else ''}", e, b, pvals[i], names))
+    return out
+
+
+def _cell_of(name: str) -> str | None:
+    cell = attack_cell(name)
+    return None if cell is None else f"{cell[0]}:{cell[1]}"
+
+
 def ranking_note() -> str:
     """The paragraph under every table that explains ranks, ties and markers."""
     return (f"Entries are sorted by clean accuracy. Rank N= marks a tie: the entry is not significantly different "
