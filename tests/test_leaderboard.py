@@ -337,6 +337,9 @@ def test_the_robustness_ranking_orders_rows_by_best_known_accuracy(root):
     assert cells[0][7] == cells[1][7] == "no"  # PGD only: an upper bound the text says stronger attacks lower
     assert float(cells[1][8]) >= 0.05 and cells[2][8] == "<0.001"  # p vs. above: tie, then a clear gap
     assert "only a row with `autoattack` among its attacks rests on the suite's ensemble" in section
+    t = _base_entry()["training"]
+    assert cells[0][10] == (f"{t['steps']} steps, {t['episodes_seen']} episodes, {t['wall_time_s'] / 3600:.2f} h, "
+                            f"{t['device']}")  # the training cost its checkpoint recorded
 
 
 def _ensemble_edit(model: str, n: int = 200, sha: str | None = None) -> Callable[[dict[str, Any]], None]:

@@ -15,6 +15,7 @@ from bench.protocol.scenarios import parse
 if TYPE_CHECKING:
     from bench.leaderboard.board import Board
     from bench.leaderboard.ranking import Row
+    from bench.results.schema import ResultEntry
 
 
 def render_markdown(board: Board, rows: list[Row]) -> str:
@@ -113,8 +114,8 @@ def _robust_ranking_markdown(board: Board, rows: list[Row]) -> list[str]:
         ranked = robustness_ranking(rows, cell)
         out += ["", f"### `{cell}`", "",
                 "| Rank | Algorithm | Section | Best known (%) | ± 95% CI | Episodes | Reached by | "
-                + (f"`{ensemble}` run | " if ensemble else "") + "p vs. above | Clean acc. (%) | Checkpoint |",
-                "|---:|---|---|---:|---:|---:|---|" + ("---|" if ensemble else "") + "---:|---:|---|"]
+                + (f"`{ensemble}` run | " if ensemble else "") + "p vs. above | Clean acc. (%) | Training | Checkpoint |",
+                "|---:|---|---|---:|---:|---:|---|" + ("---|" if ensemble else "") + "---:|---:|---|---|"]
         for r in ranked:
             en = r.entry.entry
             name = display_name(en) + (" †" if en.unreliable else "")
@@ -124,10 +125,28 @@ def _robust_ranking_markdown(board: Board, rows: list[Row]) -> list[str]:
                       f"`{r.best.scenario.rsplit('@', 1)[0]}`"]
             if ensemble:
                 cells_.append("yes" if ensemble in ids else "no")
-            cells_ += [p_value(r.p_vs_above), pct(en.metrics["clean"].accuracy),
+            cells_ += [p_value(r.p_vs_above), pct(en.metrics["clean"].accuracy), training_cost(en),
                        f"`{r.entry.weights[:12]}`" if r.entry.weights else ""]
             out.append(row(cells_))
     return out
+
+
+def training_cost(en: ResultEntry) -> str:
+    """What the entry's checkpoint recorded of its training: steps, episodes (or batches of
+    a classical training) seen, wall time and device; ``""`` where it recorded none."""
+    t = en.training
+    if t is None:
+        return ""
+    parts = [f"{t.steps} steps" if t.steps is not None else "",
+             f"{t.episodes_seen} episodes" + (f" (meta-batch {t.meta_batch})" if t.meta_batch and t.meta_batch > 1 else "")
+             if t.episodes_seen is not None else "",
+             f"{t.wall_time_s / 3600:.2f} h" if t.wall_time_s is not None else "",
+             t.device or ""]
+    init = (t.adversarial or {}).get("init_from")
+    if isinstance(init, dict):  # adversarial fine-tuning: its cost comes on top of the model it started from
+        parts.append(f"after {init['steps']} steps of {init.get('file') or 'another checkpoint'}"
+                     if init.get("steps") is not None else f"from {init.get('file') or 'another checkpoint'}")
+    return ", ".join(p for p in parts if p)
 
 
 def _withdrawn_markdown(board: Board) -> list[str]:
