@@ -447,6 +447,26 @@ def test_external_evaluations_join_their_models_row_with_the_best_known_accuracy
     _check_fails(root, "protonet-mifgsm.json: metrics.clean: differs from protonet.json (the same model)")
 
 
+def test_an_unreliable_supplement_flags_its_models_row(root):
+    base = _base_counts()
+
+    def flagged(e: dict[str, Any]) -> None:
+        e["checkpoint"]["sha256"] = hashlib.sha256(b"protonet").hexdigest()
+        e["created"] = "2030-01-01T00:00:00+00:00"
+        e["unreliable"] = True
+        e["footnote"] = "Sanity check failed: query margin-loss: pgd-margin (margin loss, 20 steps) 0.100 vs PGD 0.400."
+
+    write_entry(_entries(root), "protonet-ext", base, edit=flagged, scenarios={"pgd-linf@16/255:query": base})
+    lb.build(root)
+    lb.check(root)
+    row = next(r for r in _table(root) if r["entry"] == "protonet.json")
+    assert row["unreliable"] == "true"  # the row holds the flagged numbers
+    md = (root / "omniglot-5w1s" / "v1" / "table.md").read_text()
+    assert "| 1= | protonet † [1] |" in md, md
+    assert "from protonet-ext.json. Flagged unreliable (†): its numbers join this row with the flag. Sanity check" in md
+    assert next(r for r in _table(root) if r["entry"] == "protonet-tied.json")["unreliable"] == "false"
+
+
 def test_transfer_entries_say_what_they_were_trained_for(root):
     def moved(e: dict[str, Any]) -> None:
         e["transfer"] = {"trained_on": "omniglot-20w1s@v1", "kinds": ["way"], "train_data": None,

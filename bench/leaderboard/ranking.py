@@ -65,8 +65,10 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
 def _with_supplements(e: Entry, supplements: list[Entry]) -> Entry:
     """``e`` with the scenarios of the other entries of its model (ensemble-subset runs,
     external evaluations) that it lacks itself, their per-episode results, and a footnote
-    naming where they come from."""
+    naming where they come from. A supplement flagged unreliable (a failed sanity check)
+    flags the row: its numbers are in it."""
     metrics, episodes, notes = dict(e.entry.metrics), dict(e.episodes), []
+    unreliable = e.entry.unreliable
     for sup in supplements:
         if sup.model != e.model:
             continue
@@ -79,12 +81,15 @@ def _with_supplements(e: Entry, supplements: list[Entry]) -> Entry:
         where = (f"the suite's first {n} episodes (its ensemble subset)" if n != e.entry.suite.n_episodes
                  else f"all {n} episodes")
         by = _providers(sup.entry, added)
-        notes.append(f"{', '.join(added)}: {where}, from {sup.name}{by}." + (f" {sup.entry.footnote}"
-                                                                             if sup.entry.footnote else ""))
+        flag = " Flagged unreliable (†): its numbers join this row with the flag." if sup.entry.unreliable else ""
+        unreliable = unreliable or sup.entry.unreliable
+        notes.append(f"{', '.join(added)}: {where}, from {sup.name}{by}.{flag}" + (f" {sup.entry.footnote}"
+                                                                                   if sup.entry.footnote else ""))
     if not notes:
         return e
     footnote = " ".join(([e.entry.footnote] if e.entry.footnote else []) + notes)
-    return Entry(e.path, e.entry.model_copy(update={"metrics": metrics, "footnote": footnote}), episodes,
+    return Entry(e.path, e.entry.model_copy(update={"metrics": metrics, "footnote": footnote,
+                                                    "unreliable": unreliable}), episodes,
                  e.superseded_by, e.weights)
 
 
