@@ -336,7 +336,11 @@ def test_the_robustness_ranking_orders_rows_by_best_known_accuracy(root):
     assert cells[2][3:8] == [f"{100 * acc:.2f}", f"{100 * ci:.2f}", "200", "`autoattack`", "yes"], cells[2]
     assert cells[0][7] == cells[1][7] == "no"  # PGD only: an upper bound the text says stronger attacks lower
     assert float(cells[1][8]) >= 0.05 and cells[2][8] == "<0.001"  # p vs. above: tie, then a clear gap
-    assert "only a row with `autoattack` among its attacks rests on the suite's ensemble" in section
+    assert "only a row with autoattack among its attacks rests on the suite's ensemble" in section
+    html = (root / "omniglot-5w1s" / "v1" / "table.html").read_text()
+    ranking = html[html.index("<h2>Robustness ranking</h2>"):html.index("<h2>Clean vs. robust accuracy</h2>")]
+    assert '<table class="ranking" data-cell="16/255:query">' in ranking
+    assert [m.split('"')[0] for m in ranking.split('data-robust-rank="')[1:]] == ["1=", "1=", "3"]  # the same ranking
     t = _base_entry()["training"]
     assert cells[0][10] == (f"{t['steps']} steps, {t['episodes_seen']} episodes, {t['wall_time_s'] / 3600:.2f} h, "
                             f"{t['device']}")  # the training cost its checkpoint recorded

@@ -7,7 +7,10 @@ below it say which columns each output shows, in which order:
 - :data:`CSV` (table.csv), :data:`MARKDOWN` (table.md's ranked sections),
   :func:`html_columns` (table.html) and :data:`TERMINAL` (``mrbench leaderboard show``);
 - :func:`robustness_markdown_columns` and :func:`robustness_terminal_columns`: the
-  "Robustness and shifts" table, one column per attack or shift scenario.
+  "Robustness and shifts" table, one column per attack or shift scenario;
+- :func:`robustness_ranking_tables`: the "Robustness ranking" tables of table.md and
+  table.html (rows of :func:`bench.leaderboard.ranking.robustness_ranking`, not of the
+  clean ranking, so plain cells rather than :class:`Column` s).
 
 Adding a column is one :class:`Column` in :data:`COLUMNS` and its key in the layouts
 that show it; the renderers need no change.
@@ -21,12 +24,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bench.leaderboard.format import display_name, note_markers, p_value, pct, reported, sort_number
-from bench.leaderboard.ranking import best_known
+from bench.leaderboard.ranking import best_known, robustness_ranking
 from bench.protocol.scenarios import parse
 
 if TYPE_CHECKING:
     from bench.leaderboard.board import Board, Entry
-    from bench.leaderboard.ranking import Row
+    from bench.leaderboard.ranking import RobustRow, Row
     from bench.results.schema import Reported, ResultEntry, ScenarioMetrics
 
 CLEAN = "clean"
@@ -339,3 +342,85 @@ def best_known_cell(entry: Entry, cell: str) -> str:
     ci = "" if math.isnan(b.ci95) else f" ± {pct(b.ci95)}"
     attack = b.scenario.rsplit("@", 1)[0]
     return f"{pct(b.accuracy)}{ci} ({attack}, {b.n_episodes} ep.)"
+
+
+# --- the "Robustness ranking" tables ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankingTable:
+    """One robustness ranking (one ``EPS:TARGET`` cell) as plain text cells.
+
+    :param headers: the column headers; ``numeric`` and ``code`` say, per column, whether
+        it is right-aligned and whether its cells are code (attack names, digests).
+    """
+
+    cell: str
+    headers: tuple[str, ...]
+    numeric: tuple[bool, ...]
+    code: tuple[bool, ...]
+    rows: tuple[tuple[RobustRow, tuple[str, ...]], ...]
+
+
+def robustness_ranking_intro(board: Board) -> str:
+    """The paragraph over the robustness ranking tables."""
+    attacks = board.suite.attacks or {}
+    ensemble = attacks.get("ensemble")
+    return ("Query evasion: the rows ranked by their best-known robust accuracy (the lowest accuracy any attack run "
+            "on the model reached, see \"Robustness and shifts\"), most robust first, per section. Adjacent rows tie "
+            "(N=) when a paired two-sided t-test on the per-episode results of their best-known scenarios, over the "
+            "episodes both cover, is not significant. A robust accuracy is an upper bound: "
+            + (f"only a row with {ensemble} among its attacks rests on the suite's ensemble (on its "
+               f"{attacks.get('ensemble_episodes', '')}-episode subset); the others rest on weaker attacks, and "
+               "stronger ones can only lower them." if ensemble else "stronger attacks can only lower it.")
+            + " Training: what the checkpoint recorded (steps, episodes seen, wall time, device).")
+
+
+def robustness_ranking_tables(board: Board, rows: list[Row]) -> list[RankingTable]:
+    """The robustness rankings, one per query-target ``EPS:TARGET`` cell with a best-known
+    robust accuracy in some row (none: no such section)."""
+    ensemble = (board.suite.attacks or {}).get("ensemble")
+    spec = [("Rank", True, False), ("Algorithm", False, False), ("Section", False, False),
+            ("Best known (%)", True, False), ("± 95% CI", True, False), ("Episodes", True, False),
+            ("Reached by", False, True)]
+    spec += [(f"{ensemble} run", False, False)] if ensemble else []
+    spec += [("p vs. above", True, False), ("Clean acc. (%)", True, False), ("Training", False, False),
+             ("Checkpoint", False, True)]
+    out = []
+    for cell in (c for c in best_known_columns(rows) if c.endswith(":query")):
+        table = []
+        for r in robustness_ranking(rows, cell):
+            en = r.entry.entry
+            ids = set()
+            for k in r.attacks:
+                sc = parse(k)
+                if sc.kind == "attack":
+                    ids.add(sc.attack)
+            cells = [r.rank, display_name(en) + (" †" if en.unreliable else ""), r.section, pct(r.best.accuracy),
+                     "" if math.isnan(r.best.ci95) else pct(r.best.ci95), str(r.best.n_episodes),
+                     r.best.scenario.rsplit("@", 1)[0]]
+            cells += ["yes" if ensemble in ids else "no"] if ensemble else []
+            cells += [p_value(r.p_vs_above), pct(en.metrics[CLEAN].accuracy), training_cost(en),
+                      (r.entry.weights or "")[:12]]
+            table.append((r, tuple(cells)))
+        out.append(RankingTable(cell, tuple(h for h, _, _ in spec), tuple(n for _, n, _ in spec),
+                                tuple(c for _, _, c in spec), tuple(table)))
+    return out
+
+
+def training_cost(en: ResultEntry) -> str:
+    """What the entry's checkpoint recorded of its training: steps, episodes (or batches of
+    a classical training) seen, wall time and device; ``""`` where it recorded none."""
+    t = en.training
+    if t is None:
+        return ""
+    parts = [f"{t.steps} steps" if t.steps is not None else "",
+             f"{t.episodes_seen} episodes" + (f" (meta-batch {t.meta_batch})" if t.meta_batch and t.meta_batch > 1 else "")
+             if t.episodes_seen is not None else "",
+             f"{t.wall_time_s / 3600:.2f} h" if t.wall_time_s is not None else "",
+             t.device or ""]
+    init = (t.adversarial or {}).get("init_from")
+    if isinstance(init, dict):  # adversarial fine-tuning: its cost comes on top of the model it started from
+        parts.append(f"after {init['steps']} steps of {init.get('file') or 'another checkpoint'}"
+                     if init.get("steps") is not None else f"from {init.get('file') or 'another checkpoint'}")
+    return ", ".join(p for p in parts if p)

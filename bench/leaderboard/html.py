@@ -25,7 +25,8 @@ from string import Template
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from bench.leaderboard.columns import Column, RowView, html_columns, row_views, scenarios
+from bench.leaderboard.columns import (Column, RankingTable, RowView, html_columns, robustness_ranking_intro,
+                                       robustness_ranking_tables, row_views, scenarios)
 from bench.leaderboard.format import escape_html as _e
 from bench.leaderboard.format import sort_number
 from bench.leaderboard.plot import scatter_svg
@@ -107,6 +108,23 @@ def _table(columns: tuple[Column, ...], views: list[RowView]) -> list[str]:
     return out
 
 
+def _ranking_table(t: RankingTable) -> list[str]:
+    """One robustness ranking: a static table (in its own order; the entries table sorts)."""
+    out = [f"<h3><code>{_e(t.cell)}</code></h3>", '<div class="scroll">',
+           f'<table class="ranking" data-cell="{_e(t.cell)}">', "<thead>", "<tr>"]
+    out += [f'<th scope="col"{cls}>{_e(h)}</th>' for h, cls in
+            zip(t.headers, (' class="num"' if n else "" for n in t.numeric))]
+    out += ["</tr>", "</thead>", "<tbody>"]
+    for r, cells in t.rows:
+        cls = " ".join(c for c in (r.section, "unreliable" if r.entry.entry.unreliable else "") if c)
+        out.append(f'<tr class="{cls}" data-robust-entry="{_e(r.entry.name)}" data-robust-rank="{_e(r.rank)}">')
+        for c, n, code in zip(cells, t.numeric, t.code):
+            text = f"<code>{_e(c)}</code>" if code and c else _e(c)
+            out.append(f'<td class="num">{text}</td>' if n else f"<td>{text}</td>")
+        out.append("</tr>")
+    return [*out, "</tbody>", "</table>", "</div>"]
+
+
 def render_html(board: Board, rows: list[Row]) -> str:
     """The board's page: the rows of table.md (one table, section as a column, sortable
     by any header), one column per non-clean scenario, the notes, and the clean-vs-robust
@@ -138,8 +156,13 @@ def render_html(board: Board, rows: list[Row]) -> str:
         f"{'entry' if len(rows) == 1 else 'entries'}, in rank order; click a column header to sort by it "
         "(again to reverse), and <em>Rank</em> to restore the ranking.</p>",
         *_table(html_columns(rows), views),
-        "<h2>Clean vs. robust accuracy</h2>",
     ]
+    tables = robustness_ranking_tables(board, rows)
+    if tables:
+        body += ["<h2>Robustness ranking</h2>", f"<p>{_e(robustness_ranking_intro(board))}</p>"]
+        for t in tables:
+            body += _ranking_table(t)
+    body.append("<h2>Clean vs. robust accuracy</h2>")
     if extra:
         body += ["<figure>", scatter_svg(rows, extra),
                  "<figcaption>One marker per entry and scenario: its clean accuracy (x) against its accuracy under "

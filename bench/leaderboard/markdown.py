@@ -3,19 +3,16 @@ entries and the notes."""
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-from bench.leaderboard.columns import (MARKDOWN, Column, RowView, best_known_columns, robustness_markdown_columns,
-                                       row_views)
-from bench.leaderboard.format import display_name, md, p_value, pct
-from bench.leaderboard.ranking import SECTIONS, ranking_note, robustness_ranking
-from bench.protocol.scenarios import parse
+from bench.leaderboard.columns import (MARKDOWN, Column, RowView, robustness_markdown_columns, robustness_ranking_intro,
+                                       robustness_ranking_tables, row_views)
+from bench.leaderboard.format import display_name, md, pct
+from bench.leaderboard.ranking import SECTIONS, ranking_note
 
 if TYPE_CHECKING:
     from bench.leaderboard.board import Board
     from bench.leaderboard.ranking import Row
-    from bench.results.schema import ResultEntry
 
 
 def render_markdown(board: Board, rows: list[Row]) -> str:
@@ -94,59 +91,16 @@ def _robustness_markdown(rows: list[Row], views: list[RowView]) -> list[str]:
 
 
 def _robust_ranking_markdown(board: Board, rows: list[Row]) -> list[str]:
-    """The "Robustness ranking" section: per query-target cell with a best-known robust
-    accuracy, the rows most robust first (:func:`bench.leaderboard.ranking.robustness_ranking`),
-    and whether the suite's ensemble (AutoAttack) is among the attacks behind each number."""
-    cells = [c for c in best_known_columns(rows) if c.endswith(":query")]
-    if not cells:
+    """The "Robustness ranking" section (:func:`bench.leaderboard.columns.robustness_ranking_tables`)."""
+    tables = robustness_ranking_tables(board, rows)
+    if not tables:
         return []
-    ensemble = (board.suite.attacks or {}).get("ensemble")
-    out = ["", "## Robustness ranking", "",
-           "Query evasion: the rows ranked by their best-known robust accuracy (the lowest accuracy any attack run "
-           "on the model reached, see \"Robustness and shifts\"), most robust first, per section. Adjacent rows "
-           "tie (N=) when a paired two-sided t-test on the per-episode results of their best-known scenarios, over "
-           "the episodes both cover, is not significant. A robust accuracy is an upper bound: "
-           + (f"only a row with `{ensemble}` among its attacks rests on the suite's ensemble (on its "
-              f"{(board.suite.attacks or {}).get('ensemble_episodes', '')}-episode subset); the others rest on weaker "
-              "attacks, and stronger ones can only lower them." if ensemble else
-              "stronger attacks can only lower it.")]
-    for cell in cells:
-        ranked = robustness_ranking(rows, cell)
-        out += ["", f"### `{cell}`", "",
-                "| Rank | Algorithm | Section | Best known (%) | ± 95% CI | Episodes | Reached by | "
-                + (f"`{ensemble}` run | " if ensemble else "") + "p vs. above | Clean acc. (%) | Training | Checkpoint |",
-                "|---:|---|---|---:|---:|---:|---|" + ("---|" if ensemble else "") + "---:|---:|---|---|"]
-        for r in ranked:
-            en = r.entry.entry
-            name = display_name(en) + (" †" if en.unreliable else "")
-            ci = "" if math.isnan(r.best.ci95) else pct(r.best.ci95)
-            ids = {parse(k).attack for k in r.attacks if parse(k).kind == "attack"}
-            cells_ = [r.rank, name, r.section, pct(r.best.accuracy), ci, str(r.best.n_episodes),
-                      f"`{r.best.scenario.rsplit('@', 1)[0]}`"]
-            if ensemble:
-                cells_.append("yes" if ensemble in ids else "no")
-            cells_ += [p_value(r.p_vs_above), pct(en.metrics["clean"].accuracy), training_cost(en),
-                       f"`{r.entry.weights[:12]}`" if r.entry.weights else ""]
-            out.append(row(cells_))
+    out = ["", "## Robustness ranking", "", robustness_ranking_intro(board)]
+    for t in tables:
+        out += ["", f"### `{t.cell}`", "", "| " + " | ".join(t.headers) + " |",
+                "|" + "".join("---:|" if n else "---|" for n in t.numeric)]
+        out += [row([f"`{c}`" if code and c else c for c, code in zip(cells, t.code)]) for _, cells in t.rows]
     return out
-
-
-def training_cost(en: ResultEntry) -> str:
-    """What the entry's checkpoint recorded of its training: steps, episodes (or batches of
-    a classical training) seen, wall time and device; ``""`` where it recorded none."""
-    t = en.training
-    if t is None:
-        return ""
-    parts = [f"{t.steps} steps" if t.steps is not None else "",
-             f"{t.episodes_seen} episodes" + (f" (meta-batch {t.meta_batch})" if t.meta_batch and t.meta_batch > 1 else "")
-             if t.episodes_seen is not None else "",
-             f"{t.wall_time_s / 3600:.2f} h" if t.wall_time_s is not None else "",
-             t.device or ""]
-    init = (t.adversarial or {}).get("init_from")
-    if isinstance(init, dict):  # adversarial fine-tuning: its cost comes on top of the model it started from
-        parts.append(f"after {init['steps']} steps of {init.get('file') or 'another checkpoint'}"
-                     if init.get("steps") is not None else f"from {init.get('file') or 'another checkpoint'}")
-    return ", ".join(p for p in parts if p)
 
 
 def _withdrawn_markdown(board: Board) -> list[str]:
