@@ -391,11 +391,7 @@ def robustness_ranking_tables(board: Board, rows: list[Row]) -> list[RankingTabl
         table = []
         for r in robustness_ranking(rows, cell):
             en = r.entry.entry
-            ids = set()
-            for k in r.attacks:
-                sc = parse(k)
-                if sc.kind == "attack":
-                    ids.add(sc.attack)
+            ids = {sc.attack for sc in map(parse, r.best.scenarios) if sc.kind == "attack"}
             cells = [r.rank, display_name(en) + (" †" if en.unreliable else ""), r.section, pct(r.best.accuracy),
                      "" if math.isnan(r.best.ci95) else pct(r.best.ci95), str(r.best.n_episodes),
                      r.best.scenario.rsplit("@", 1)[0]]

@@ -7,6 +7,7 @@ shows the same scenarios for it; :func:`best_known` compares the attacks of a ro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bench.leaderboard.board import Board, Entry, attack_cell
@@ -46,20 +47,23 @@ def rank(board: Board, alpha: float = ALPHA) -> list[Row]:
     for section, transductive in SECTIONS:
         items = sorted((e for e in ranked if e.entry.algorithm.transductive is transductive),
                        key=lambda e: (-e.entry.metrics["clean"].accuracy, e.name))
-        starts: list[int] = []
-        pvals: list[float | None] = []
-        for i, e in enumerate(items):
-            if i == 0:
-                starts.append(0)
-                pvals.append(None)
-                continue
-            test = paired_t_test(items[i - 1].episodes["clean"], e.episodes["clean"])
-            starts.append(starts[-1] if not test.significant(alpha) else i)
-            pvals.append(test.p)
-        for i, e in enumerate(items):
-            tied = starts.count(starts[i]) > 1
-            rows.append(Row(section, f"{starts[i] + 1}{'=' if tied else ''}", e, pvals[i]))
+        ranks = _tie_ranks([(above.episodes["clean"], e.episodes["clean"]) for above, e in zip(items, items[1:])],
+                           alpha)
+        rows += [Row(section, r, e, p) for e, (r, p) in zip(items, ranks)]
     return rows
+
+
+def _tie_ranks(adjacent: list[tuple[Sequence[float], Sequence[float]]], alpha: float) -> list[tuple[str, float | None]]:
+    """Rank labels and p-values vs. the row above for rows already in order, from the
+    per-episode results of each adjacent pair (row ``i`` and ``i + 1``): a row ties with
+    the one above when their paired t-test is not significant at ``alpha``; ties chain,
+    and a tie group shares its first row's rank with a trailing ``=``."""
+    starts, pvals = [0], [None]
+    for i, (a, b) in enumerate(adjacent, start=1):
+        test = paired_t_test(a, b)
+        starts.append(starts[-1] if not test.significant(alpha) else i)
+        pvals.append(test.p)
+    return [(f"{s + 1}{'=' if starts.count(s) > 1 else ''}", p) for s, p in zip(starts, pvals)]
 
 
 def _with_supplements(e: Entry, supplements: list[Entry]) -> Entry:
@@ -111,12 +115,14 @@ class BestKnown:
     :param accuracy: its mean over the episodes every attack of that cell ran on.
     :param scenario: the scenario that reached it.
     :param n_episodes: the number of those episodes (the smallest set: e.g. the ensemble subset).
+    :param scenarios: every attack scenario of the cell it is the lowest of, sorted.
     """
 
     accuracy: float
     ci95: float
     scenario: str
     n_episodes: int
+    scenarios: tuple[str, ...]
 
 
 def best_known(entry: Entry) -> dict[str, BestKnown]:
@@ -135,7 +141,7 @@ def best_known(entry: Entry) -> dict[str, BestKnown]:
             acc, ci = mean_ci95(entry.episodes[k][:n])
             scored.append((acc, k, ci))
         acc, k, ci = min(scored)
-        out[cell] = BestKnown(acc, ci, k, n)
+        out[cell] = BestKnown(acc, ci, k, n, tuple(sorted(names)))
     return out
 
 
@@ -144,11 +150,10 @@ class RobustRow:
     """A row of the robustness ranking at one ``EPS:TARGET`` cell.
 
     :param rank: ``"3"``, or ``"1="`` for a member of a tie group.
-    :param best: the row's best-known robust accuracy at the cell.
+    :param best: the row's best-known robust accuracy at the cell (``best.scenarios``:
+        the attacks it is the lowest of).
     :param p_vs_above: p-value of the paired test against the row above, on the
         episodes both best-known scenarios cover (``None`` for the first).
-    :param attacks: the attack scenarios of the entry at the cell (every one the
-        best-known accuracy is the lowest of).
     """
 
     section: str
@@ -156,7 +161,6 @@ class RobustRow:
     entry: Entry
     best: BestKnown
     p_vs_above: float | None
-    attacks: tuple[str, ...]
 
 
 def robustness_ranking(rows: list[Row], cell: str, alpha: float = ALPHA) -> list[RobustRow]:
@@ -169,34 +173,15 @@ def robustness_ranking(rows: list[Row], cell: str, alpha: float = ALPHA) -> list
     """
     out: list[RobustRow] = []
     for section, _ in SECTIONS:
-        items = []
-        for r in rows:
-            b = best_known(r.entry).get(cell) if r.section == section else None
-            if b is not None:
-                names = tuple(sorted(k for k in r.entry.entry.metrics if _cell_of(k) == cell))
-                items.append((r.entry, b, names))
+        items = [(r.entry, b) for r in rows if r.section == section
+                 for b in [best_known(r.entry).get(cell)] if b is not None]
         items.sort(key=lambda t: (-t[1].accuracy, t[0].name))
-        starts: list[int] = []
-        pvals: list[float | None] = []
-        for i, (e, b, _) in enumerate(items):
-            if i == 0:
-                starts.append(0)
-                pvals.append(None)
-                continue
-            above, b_above = items[i - 1][0], items[i - 1][1]
-            n = min(b.n_episodes, b_above.n_episodes)
-            test = paired_t_test(above.episodes[b_above.scenario][:n], e.episodes[b.scenario][:n])
-            starts.append(starts[-1] if not test.significant(alpha) else i)
-            pvals.append(test.p)
-        for i, (e, b, names) in enumerate(items):
-            tied = starts.count(starts[i]) > 1
-            out.append(RobustRow(section, f"{starts[i] + 1}{'=' if tied else ''}", e, b, pvals[i], names))
+        adjacent = []
+        for (above, ba), (e, b) in zip(items, items[1:]):
+            n = min(ba.n_episodes, b.n_episodes)
+            adjacent.append((above.episodes[ba.scenario][:n], e.episodes[b.scenario][:n]))
+        out += [RobustRow(section, r, e, b, p) for (e, b), (r, p) in zip(items, _tie_ranks(adjacent, alpha))]
     return out
-
-
-def _cell_of(name: str) -> str | None:
-    cell = attack_cell(name)
-    return None if cell is None else f"{cell[0]}:{cell[1]}"
 
 
 def ranking_note() -> str:
